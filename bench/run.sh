@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Side-by-side benchmarks of wit against img2dataset, webdataset + PIL and selectolax, on the same
+# inputs in the same run. Builds wit (release), creates bench/.work/venv with the peers, runs bench.py.
+#   bash bench/run.sh           full run, writes bench/RESULTS.md
+#   bash bench/run.sh --quick   tiny smoke run (what CI runs), writes bench/.work/RESULTS.quick.md
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# Any other flags go to bench.py (sizes, repeats: see `python3 bench/bench.py --help`).
+OUT=bench/RESULTS.md
+for a in "$@"; do if [ "$a" = "--quick" ]; then OUT=bench/.work/RESULTS.quick.md; fi; done
+mkdir -p bench/.work
+WIT=${WIT_BIN:-}
+if [ -z "$WIT" ]; then
+  cargo build --release --locked --bin wit
+  WIT=$PWD/target/release/wit
+fi
+if [ ! -x bench/.work/venv/bin/python ]; then python3 -m venv bench/.work/venv; fi
+# The peers (img2dataset pinned to the release the comparison targets). The peers must not
+# phone home: albumentations (pulled by img2dataset) checks PyPI for updates at import.
+export NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=disabled
+PEERS=(img2dataset==1.47.0 webdataset pillow numpy pyarrow selectolax)
+if ! bench/.work/venv/bin/python -c 'import img2dataset, webdataset, PIL, numpy, pyarrow, selectolax' 2>/dev/null; then
+  if ! bench/.work/venv/bin/python -m pip install --quiet --disable-pip-version-check "${PEERS[@]}"; then
+    echo "bench/run.sh: could not pip install the peers (${PEERS[*]}) into bench/.work/venv:" \
+      "PyPI must be reachable; delete bench/.work/venv and rerun" >&2
+    exit 1
+  fi
+fi
+bench/.work/venv/bin/python bench/bench.py --wit "$WIT" --work bench/.work --out "$OUT" "$@"

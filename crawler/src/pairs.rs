@@ -1,0 +1,326 @@
+//! The pairs table: (image URL, alt text) with where it was found.
+//!
+//! `wit crawl` and `wit warc` write it; `wit download` reads it (columns `url`, `caption`,
+//! `page_url`), so one parquet schema ties web extraction to shard building. Rows are buffered
+//! up to a bounded row group and the file appears under its final name only when complete.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{Int32Builder, StringBuilder};
+use arrow_array::{Array, ArrayRef, Int32Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+/// Rows per parquet row group: bounds the writer's memory whatever the corpus size.
+pub const DEFAULT_ROW_GROUP_ROWS: usize = 65_536;
+
+/// Errors reading or writing a pairs table.
+#[derive(Debug, thiserror::Error)]
+pub enum PairsError {
+    /// The file could not be created, written, renamed or opened.
+    #[error("pairs file {path}: {source} (check that the folder exists and is writable)")]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Parquet encoding or decoding failed.
+    #[error("pairs parquet {path}: {source}")]
+    Parquet {
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: parquet::errors::ParquetError,
+    },
+    /// The file is parquet but lacks a column the pairs schema needs.
+    #[error(
+        "pairs parquet {path}: missing or mistyped column `{column}` (is this a wit pairs file?)"
+    )]
+    Schema {
+        /// The file concerned.
+        path: PathBuf,
+        /// The column that is missing.
+        column: &'static str,
+    },
+}
+
+/// One (image, text) pair with its provenance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pair {
+    /// Absolute image URL.
+    pub url: String,
+    /// The alt text, used as the caption.
+    pub caption: String,
+    /// The page the image was found on.
+    pub page_url: String,
+    /// The page title, when it had one.
+    pub title: Option<String>,
+    /// Ordinal of the `<img>` on its page (WAT links: ordinal among the page's links).
+    pub position: i32,
+    /// The `width` attribute, when given in pixels.
+    pub width: Option<i32>,
+    /// The `height` attribute, when given in pixels.
+    pub height: Option<i32>,
+}
+
+/// The pairs table's arrow schema: `url, caption, page_url, title, position, width, height`.
+pub fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("url", DataType::Utf8, false),
+        Field::new("caption", DataType::Utf8, false),
+        Field::new("page_url", DataType::Utf8, false),
+        Field::new("title", DataType::Utf8, true),
+        Field::new("position", DataType::Int32, false),
+        Field::new("width", DataType::Int32, true),
+        Field::new("height", DataType::Int32, true),
+    ]))
+}
+
+/// Streams pairs into one parquet file, written under a temporary name and renamed on
+/// [`finish`](PairsWriter::finish), so a killed run never leaves a truncated table behind.
+pub struct PairsWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    writer: ArrowWriter<File>,
+    buffer: Vec<Pair>,
+    row_group_rows: usize,
+    written: u64,
+}
+
+impl PairsWriter {
+    /// Creates `path` (via `path.tmp`) with the default row-group size.
+    pub fn create(path: &Path) -> Result<Self, PairsError> {
+        Self::with_row_group_rows(path, DEFAULT_ROW_GROUP_ROWS)
+    }
+
+    /// Creates `path` flushing a row group every `row_group_rows` rows.
+    pub fn with_row_group_rows(path: &Path, row_group_rows: usize) -> Result<Self, PairsError> {
+        let tmp = path.with_extension("parquet.tmp");
+        let file = File::create(&tmp).map_err(|source| PairsError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_max_row_group_size(row_group_rows.max(1))
+            .build();
+        let writer = ArrowWriter::try_new(file, schema(), Some(props)).map_err(|source| {
+            PairsError::Parquet {
+                path: tmp.clone(),
+                source,
+            }
+        })?;
+        Ok(PairsWriter {
+            path: path.to_path_buf(),
+            tmp,
+            writer,
+            buffer: Vec::new(),
+            row_group_rows: row_group_rows.max(1),
+            written: 0,
+        })
+    }
+
+    /// Appends one pair; flushes a row group when the buffer is full.
+    pub fn write(&mut self, pair: Pair) -> Result<(), PairsError> {
+        self.buffer.push(pair);
+        self.written += 1;
+        if self.buffer.len() >= self.row_group_rows {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.written
+    }
+
+    /// Writes the remaining rows, closes the file, fsyncs it and renames it to its final name.
+    pub fn finish(mut self) -> Result<u64, PairsError> {
+        self.flush()?;
+        let file = self
+            .writer
+            .into_inner()
+            .map_err(|source| PairsError::Parquet {
+                path: self.tmp.clone(),
+                source,
+            })?;
+        let io = |source| PairsError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&self.tmp, &self.path).map_err(io)?;
+        Ok(self.written)
+    }
+
+    /// Encodes the buffer as one record batch and writes it.
+    fn flush(&mut self) -> Result<(), PairsError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let batch = to_batch(&self.buffer);
+        self.buffer.clear();
+        let parquet = |source| PairsError::Parquet {
+            path: self.tmp.clone(),
+            source,
+        };
+        self.writer.write(&batch).map_err(parquet)?;
+        self.writer.flush().map_err(parquet)
+    }
+}
+
+/// Builds a record batch of pairs in the table's schema.
+fn to_batch(pairs: &[Pair]) -> RecordBatch {
+    let mut url = StringBuilder::new();
+    let mut caption = StringBuilder::new();
+    let mut page_url = StringBuilder::new();
+    let mut title = StringBuilder::new();
+    let mut position = Int32Builder::new();
+    let mut width = Int32Builder::new();
+    let mut height = Int32Builder::new();
+    for p in pairs {
+        url.append_value(&p.url);
+        caption.append_value(&p.caption);
+        page_url.append_value(&p.page_url);
+        title.append_option(p.title.as_deref());
+        position.append_value(p.position);
+        width.append_option(p.width);
+        height.append_option(p.height);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(url.finish()),
+        Arc::new(caption.finish()),
+        Arc::new(page_url.finish()),
+        Arc::new(title.finish()),
+        Arc::new(position.finish()),
+        Arc::new(width.finish()),
+        Arc::new(height.finish()),
+    ];
+    RecordBatch::try_new(schema(), columns).expect("columns match the pairs schema")
+}
+
+/// Reads a pairs table back, one record batch at a time (memory bounded by the row group).
+pub fn read_pairs(
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<Pair, PairsError>>, PairsError> {
+    let file = File::open(path).map_err(|source| PairsError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let parquet = |source| PairsError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(parquet)?
+        .build()
+        .map_err(parquet)?;
+    let owned = path.to_path_buf();
+    Ok(reader.flat_map(move |batch| {
+        let rows = batch
+            .map_err(|e| PairsError::Parquet {
+                path: owned.clone(),
+                source: e.into(),
+            })
+            .and_then(|b| from_batch(&b, &owned));
+        match rows {
+            Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        }
+    }))
+}
+
+/// Converts a record batch in the pairs schema back to pairs.
+fn from_batch(b: &RecordBatch, path: &Path) -> Result<Vec<Pair>, PairsError> {
+    let missing = |column| PairsError::Schema {
+        path: path.to_path_buf(),
+        column,
+    };
+    let s = |name: &'static str| {
+        b.column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| missing(name))
+    };
+    let i = |name: &'static str| {
+        b.column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
+            .ok_or_else(|| missing(name))
+    };
+    let (url, caption, page_url, title) = (s("url")?, s("caption")?, s("page_url")?, s("title")?);
+    let (position, width, height) = (i("position")?, i("width")?, i("height")?);
+    let opt_i = |a: &Int32Array, r: usize| (!a.is_null(r)).then(|| a.value(r));
+    Ok((0..b.num_rows())
+        .map(|r| Pair {
+            url: url.value(r).to_string(),
+            caption: caption.value(r).to_string(),
+            page_url: page_url.value(r).to_string(),
+            title: (!title.is_null(r)).then(|| title.value(r).to_string()),
+            position: position.value(r),
+            width: opt_i(width, r),
+            height: opt_i(height, r),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(i: i32) -> Pair {
+        Pair {
+            url: format!("http://example.com/{i}.jpg"),
+            caption: format!("caption {i} ünïcode"),
+            page_url: "http://example.com/".into(),
+            title: (i % 2 == 0).then(|| format!("title {i}")),
+            position: i,
+            width: (i % 3 == 0).then_some(i * 10),
+            height: None,
+        }
+    }
+
+    #[test]
+    fn pairs_round_trip_through_bounded_row_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pairs.parquet");
+        let mut w = PairsWriter::with_row_group_rows(&path, 7).unwrap();
+        let expected: Vec<Pair> = (0..50).map(pair).collect();
+        for p in &expected {
+            w.write(p.clone()).unwrap();
+        }
+        assert!(!path.exists(), "the final name appears only on finish");
+        assert_eq!(w.finish().unwrap(), 50);
+        let meta = parquet::file::reader::SerializedFileReader::new(File::open(&path).unwrap())
+            .map(|r| parquet::file::reader::FileReader::metadata(&r).num_row_groups())
+            .unwrap();
+        assert_eq!(meta, 8);
+        let got: Vec<Pair> = read_pairs(&path).unwrap().map(Result::unwrap).collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn a_parquet_without_pairs_columns_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.parquet");
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int32, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int32Array::from(vec![1])) as ArrayRef],
+        )
+        .unwrap();
+        let mut w = ArrowWriter::try_new(File::create(&path).unwrap(), schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let err = read_pairs(&path).unwrap().next().unwrap().unwrap_err();
+        assert!(
+            err.to_string().contains("missing or mistyped column `url`"),
+            "{err}"
+        );
+    }
+}

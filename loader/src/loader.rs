@@ -1,0 +1,575 @@
+//! The loader: configuration, resumable state, and the pipeline (one producer thread that owns
+//! the sample order, N decode threads, the caller assembling batches in order). Order and
+//! augmentation randomness depend only on (seed, epoch, rank, world size, position), never on
+//! thread timing, so any thread count gives the same batches and a restart resumes exactly.
+
+use crate::fetch::{count_samples, Fetched, OrderStream};
+use crate::order::{rng_for, OrderParams, TAG_CROP};
+use crate::source::{resolve_shards, DefaultSource, ShardSource};
+use crate::stats::{Counters, LoaderStats, SkipReason, Stage};
+use crate::transform::{decode_rgb, CropMode, DecodeError, ImageOutput, Transformer};
+use crate::{LoaderError, TextTokenizer};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use wit_shards::Sample;
+
+/// Everything that shapes the batches. Build with [`LoaderConfig::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct LoaderConfig {
+    /// Shard specifications: paths, brace patterns, folders, `shardindex.json`, http(s) URLs.
+    pub shards: Vec<String>,
+    /// Caption tokenizer (context 77).
+    pub tokenizer: Arc<TextTokenizer>,
+    /// Samples per batch (per rank).
+    pub batch_size: usize,
+    /// Output square side in pixels (224).
+    pub image_size: u32,
+    /// Crop augmentation ([`CropMode::Rrc`] for open_clip training, `Center` for eval).
+    pub crop: CropMode,
+    /// f32 normalised or u8 images.
+    pub output: ImageOutput,
+    /// Seed of the shard order, shuffle buffer and crops.
+    pub seed: u64,
+    /// This process's rank in `0..world_size`.
+    pub rank: usize,
+    /// Number of ranks reading the same data (DDP processes).
+    pub world_size: usize,
+    /// Decode threads.
+    pub threads: usize,
+    /// Decoded batches that may wait ahead of the caller (bounded prefetch).
+    pub prefetch_batches: usize,
+    /// Shuffle the shard order each epoch.
+    pub shuffle_shards: bool,
+    /// Sample shuffle buffer size (0 or 1: no sample shuffle). open_clip: 5000.
+    pub shuffle_buffer: usize,
+    /// Samples buffered before the first one is emitted. open_clip: 1000.
+    pub shuffle_initial: usize,
+    /// Samples per epoch over all ranks; `None`: the shards' total.
+    pub epoch_samples: Option<u64>,
+    /// Draw shards with replacement (webdataset's `ResampledShards`).
+    pub resample: bool,
+    /// Evaluation: every sample once, in shard order, last batch possibly short; ranks may then
+    /// get unequal batch counts. Overrides shuffling and resampling.
+    pub single_pass: bool,
+    /// Where batches are placed.
+    pub device: Device,
+    /// Where shard bytes come from (local files and http(s) by default).
+    pub source: Arc<dyn ShardSource>,
+}
+
+impl LoaderConfig {
+    /// open_clip-like defaults: batch 256, 224 px RRC, normalised f32, shuffle 5000/1000,
+    /// one rank, all cores, CPU.
+    pub fn new(shards: Vec<String>, tokenizer: Arc<TextTokenizer>) -> Self {
+        LoaderConfig {
+            shards,
+            tokenizer,
+            batch_size: 256,
+            image_size: 224,
+            crop: CropMode::Rrc,
+            output: ImageOutput::Normalized,
+            seed: 0,
+            rank: 0,
+            world_size: 1,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            prefetch_batches: 2,
+            shuffle_shards: true,
+            shuffle_buffer: 5000,
+            shuffle_initial: 1000,
+            epoch_samples: None,
+            resample: false,
+            single_pass: false,
+            device: Device::Cpu,
+            source: Arc::new(DefaultSource::default()),
+        }
+    }
+
+    fn validate(&self) -> Result<(), LoaderError> {
+        let bad = |m: &str| Err(LoaderError::Config(m.into()));
+        if self.batch_size == 0 {
+            return bad("batch_size must be at least 1");
+        }
+        if self.world_size == 0 || self.rank >= self.world_size {
+            return bad("rank must be in 0..world_size");
+        }
+        if self.image_size == 0 {
+            return bad("image_size must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Where a loader is within its data: save it with a checkpoint and pass it to
+/// [`Loader::resume`] to get exactly the batches an uninterrupted run would have produced next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoaderState {
+    /// Current epoch.
+    pub epoch: u64,
+    /// Batches already delivered in this epoch.
+    pub batch: u64,
+    /// Samples of this epoch's order consumed (delivered or skipped as corrupt).
+    pub position: u64,
+    /// Checked on resume: the order depends on these.
+    pub seed: u64,
+    /// Checked on resume.
+    pub rank: usize,
+    /// Checked on resume.
+    pub world_size: usize,
+    /// Checked on resume.
+    pub batch_size: usize,
+    /// Checked on resume: the number of shards resolved.
+    pub shards: usize,
+}
+
+/// One batch. Images are `(B, 3, H, W)` f32 (normalised) or u8; tokens `(B, 77)` u32.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `(B, 3, H, W)` on the configured device.
+    pub images: Tensor,
+    /// `(B, 77)` u32 token ids on the configured device.
+    pub tokens: Tensor,
+    /// Sample keys (the shard's member base names), for tracing a sample back.
+    pub keys: Vec<String>,
+    /// Raw captions, for logs and evaluation.
+    pub captions: Vec<String>,
+}
+
+/// Streams batches from shards. See the crate documentation for the guarantees.
+pub struct Loader {
+    cfg: LoaderConfig,
+    urls: Arc<Vec<String>>,
+    counts: Arc<Vec<u64>>,
+    total: u64,
+    state: LoaderState,
+    pipe: Option<Pipeline>,
+    counters: Arc<Counters>,
+}
+
+impl Loader {
+    /// Resolves the shards (reading a wids index or counting samples once when none is given)
+    /// and positions at the start of epoch 0. Starts no threads until the first batch.
+    pub fn new(cfg: LoaderConfig) -> Result<Self, LoaderError> {
+        cfg.validate()?;
+        let entries = resolve_shards(&cfg.shards, cfg.source.as_ref())?;
+        let counts = count_samples(&entries, cfg.source.as_ref(), cfg.threads);
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return Err(LoaderError::NoShards(format!(
+                "{} shard(s) hold no readable sample",
+                entries.len()
+            )));
+        }
+        let state = LoaderState {
+            epoch: 0,
+            batch: 0,
+            position: 0,
+            seed: cfg.seed,
+            rank: cfg.rank,
+            world_size: cfg.world_size,
+            batch_size: cfg.batch_size,
+            shards: entries.len(),
+        };
+        let loader = Loader {
+            urls: Arc::new(entries.into_iter().map(|e| e.url).collect()),
+            counts: Arc::new(counts),
+            total,
+            state,
+            pipe: None,
+            counters: Arc::new(Counters::default()),
+            cfg,
+        };
+        if loader.batches_per_epoch() == 0 {
+            return Err(LoaderError::Config(format!(
+                "{} samples give no full batch of {} per rank over {} ranks (lower the batch size)",
+                loader.epoch_len(),
+                loader.cfg.batch_size,
+                loader.cfg.world_size
+            )));
+        }
+        Ok(loader)
+    }
+
+    /// Like [`Loader::new`], continuing from a saved state.
+    pub fn resume(cfg: LoaderConfig, state: LoaderState) -> Result<Self, LoaderError> {
+        let mut loader = Loader::new(cfg)?;
+        let mine = &loader.state;
+        let checks = [
+            ("seed", state.seed == mine.seed),
+            ("rank", state.rank == mine.rank),
+            ("world_size", state.world_size == mine.world_size),
+            ("batch_size", state.batch_size == mine.batch_size),
+            ("shard count", state.shards == mine.shards),
+        ];
+        if let Some((what, _)) = checks.iter().find(|(_, ok)| !ok) {
+            return Err(LoaderError::StateMismatch(format!("{what} differs")));
+        }
+        loader.state = state;
+        Ok(loader)
+    }
+
+    /// The state to save now: the next [`Loader::next_batch`] of a loader resumed from it
+    /// equals this loader's next batch.
+    pub fn state(&self) -> LoaderState {
+        self.state.clone()
+    }
+
+    /// Samples in all shards (from the index or the counting pass).
+    pub fn total_samples(&self) -> u64 {
+        self.total
+    }
+
+    fn epoch_len(&self) -> u64 {
+        self.cfg.epoch_samples.unwrap_or(self.total)
+    }
+
+    /// Batches this rank yields per epoch: `floor(epoch_samples / world_size / batch_size)`,
+    /// the same on every rank (single pass: this rank's share, last batch possibly short).
+    pub fn batches_per_epoch(&self) -> u64 {
+        if self.cfg.single_pass {
+            return self.single_pass_refs().div_ceil(self.cfg.batch_size as u64);
+        }
+        self.epoch_len() / self.cfg.world_size as u64 / self.cfg.batch_size as u64
+    }
+
+    /// Samples of this rank's own shards (single pass reads exactly those).
+    fn single_pass_refs(&self) -> u64 {
+        let (r, w) = (self.cfg.rank, self.cfg.world_size);
+        self.counts.iter().skip(r).step_by(w).sum()
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.state.epoch
+    }
+
+    /// Jumps to the start of `epoch` (dropping any prefetched samples).
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.pipe = None;
+        self.state.epoch = epoch;
+        self.state.batch = 0;
+        self.state.position = 0;
+    }
+
+    /// Counters since creation: delivered, skipped by reason, time per stage.
+    pub fn stats(&self) -> LoaderStats {
+        self.counters.snapshot()
+    }
+
+    /// The next batch of the current epoch, or `None` once the epoch is complete (the loader
+    /// then moves to the next epoch, so a training loop calls this until `None`, per epoch).
+    pub fn next_batch(&mut self) -> Result<Option<Batch>, LoaderError> {
+        if self.state.batch >= self.batches_per_epoch() {
+            self.set_epoch(self.state.epoch + 1);
+            return Ok(None);
+        }
+        if self.pipe.is_none() {
+            self.pipe = Some(self.start_pipeline());
+        }
+        let limit = self.total + self.cfg.shuffle_buffer as u64 + self.cfg.batch_size as u64;
+        let pipe = self.pipe.as_mut().expect("started above");
+        let mut items = Vec::with_capacity(self.cfg.batch_size);
+        let mut skipped_in_row = 0u64;
+        while items.len() < self.cfg.batch_size {
+            let next = self
+                .counters
+                .time(Stage::Wait, || pipe.take(self.state.position))?;
+            let Some(done) = next else { break };
+            self.state.position += 1;
+            match done {
+                Ok(item) => {
+                    items.push(item);
+                    skipped_in_row = 0;
+                }
+                Err(reason) => {
+                    self.counters.skip(reason);
+                    skipped_in_row += 1;
+                    if skipped_in_row > limit {
+                        return Err(LoaderError::NoDecodableSamples {
+                            skipped: skipped_in_row,
+                        });
+                    }
+                }
+            }
+        }
+        if items.is_empty() {
+            self.set_epoch(self.state.epoch + 1);
+            return Ok(None);
+        }
+        self.state.batch += 1;
+        let batch = self.counters.time(Stage::Collate, || self.collate(items))?;
+        self.counters.delivered(batch.keys.len() as u64);
+        Ok(Some(batch))
+    }
+
+    fn collate(&self, items: Vec<Item>) -> Result<Batch, LoaderError> {
+        let (b, s) = (items.len(), self.cfg.image_size as usize);
+        let ctx = self.cfg.tokenizer.context_length();
+        let mut keys = Vec::with_capacity(b);
+        let mut captions = Vec::with_capacity(b);
+        let mut tokens = Vec::with_capacity(b * ctx);
+        let mut f32s = Vec::new();
+        let mut u8s = Vec::new();
+        for item in items {
+            keys.push(item.key);
+            captions.push(item.caption);
+            tokens.extend_from_slice(&item.tokens);
+            match item.pixels {
+                Pixels::F32(v) if f32s.is_empty() => f32s = reserve_then(v, b),
+                Pixels::F32(v) => f32s.extend_from_slice(&v),
+                Pixels::U8(v) if u8s.is_empty() => u8s = reserve_then(v, b),
+                Pixels::U8(v) => u8s.extend_from_slice(&v),
+            }
+        }
+        let dev = &self.cfg.device;
+        let images = match self.cfg.output {
+            ImageOutput::Normalized => Tensor::from_vec(f32s, (b, 3, s, s), dev)?,
+            ImageOutput::U8 => Tensor::from_vec(u8s, (b, 3, s, s), dev)?,
+        };
+        let tokens = Tensor::from_vec(tokens, (b, ctx), dev)?;
+        Ok(Batch {
+            images,
+            tokens,
+            keys,
+            captions,
+        })
+    }
+
+    fn start_pipeline(&self) -> Pipeline {
+        let cfg = &self.cfg;
+        let single = cfg.single_pass;
+        let params = OrderParams {
+            seed: cfg.seed,
+            epoch: self.state.epoch,
+            rank: cfg.rank,
+            world_size: cfg.world_size,
+            shuffle_shards: cfg.shuffle_shards && !single,
+            resample: cfg.resample && !single,
+            buffer_size: if single { 0 } else { cfg.shuffle_buffer },
+            buffer_initial: cfg.shuffle_initial,
+        };
+        let stream = OrderStream::new(
+            params,
+            self.counts.clone(),
+            cfg.source.clone(),
+            self.urls.clone(),
+            self.counters.clone(),
+            single.then(|| self.single_pass_refs()),
+        );
+        let ctx = Arc::new(WorkerCtx {
+            seed: cfg.seed,
+            epoch: self.state.epoch,
+            rank: cfg.rank as u64,
+            image_size: cfg.image_size,
+            crop: cfg.crop,
+            output: cfg.output,
+            tokenizer: cfg.tokenizer.clone(),
+            counters: self.counters.clone(),
+        });
+        let window = (cfg.prefetch_batches.max(1) * cfg.batch_size).max(2 * cfg.threads.max(1));
+        Pipeline::start(stream, self.state.position, window, cfg.threads.max(1), ctx)
+    }
+}
+
+fn reserve_then<T: Copy>(first: Vec<T>, n: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(first.len() * n);
+    v.extend_from_slice(&first);
+    v
+}
+
+/// A decoded sample waiting to be collated.
+struct Item {
+    key: String,
+    caption: String,
+    tokens: Vec<u32>,
+    pixels: Pixels,
+}
+
+enum Pixels {
+    F32(Vec<f32>),
+    U8(Vec<u8>),
+}
+
+/// `None` marks the end of a single pass.
+type Done = (u64, Option<Result<Item, SkipReason>>);
+
+/// The running threads of one epoch. Dropping it stops them: the producer waits on credits the
+/// caller no longer sends, workers see closed channels.
+struct Pipeline {
+    results: Receiver<Done>,
+    credits: SyncSender<()>,
+    pending: HashMap<u64, Option<Result<Item, SkipReason>>>,
+    ended: bool,
+}
+
+impl Pipeline {
+    /// Credits bound everything in flight (queued, decoding, decoded but out of order) to
+    /// `window` samples: the producer takes one per sample, the caller returns one per sample
+    /// it consumes.
+    fn start(
+        mut stream: OrderStream,
+        start: u64,
+        window: usize,
+        threads: usize,
+        ctx: Arc<WorkerCtx>,
+    ) -> Pipeline {
+        let (credit_tx, credit_rx) = sync_channel::<()>(window);
+        for _ in 0..window {
+            credit_tx.send(()).expect("the receiver is alive");
+        }
+        let (job_tx, job_rx) = channel::<Job>();
+        let (res_tx, res_rx) = channel::<Done>();
+        let producer_res = res_tx.clone();
+        std::thread::Builder::new()
+            .name("wit-loader-order".into())
+            .spawn(move || {
+                stream.skip(start);
+                produce(stream, start, credit_rx, job_tx, producer_res)
+            })
+            .expect("spawn loader producer thread");
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        for i in 0..threads {
+            let (jobs, results, ctx) = (job_rx.clone(), res_tx.clone(), ctx.clone());
+            std::thread::Builder::new()
+                .name(format!("wit-loader-{i}"))
+                .spawn(move || work(&jobs, &results, &ctx))
+                .expect("spawn loader worker thread");
+        }
+        Pipeline {
+            results: res_rx,
+            credits: credit_tx,
+            pending: HashMap::new(),
+            ended: false,
+        }
+    }
+
+    /// The result for sequence number `seq`, waiting for it; `None` at the end of a single pass.
+    fn take(&mut self, seq: u64) -> Result<Option<Result<Item, SkipReason>>, LoaderError> {
+        loop {
+            if self.ended {
+                return Ok(None);
+            }
+            if let Some(done) = self.pending.remove(&seq) {
+                self.ended = done.is_none();
+                let _ = self.credits.try_send(());
+                return Ok(done);
+            }
+            let (s, done) = self.results.recv().map_err(|_| LoaderError::WorkersGone)?;
+            self.pending.insert(s, done);
+        }
+    }
+}
+
+struct Job {
+    seq: u64,
+    key_hint: (u64, u64),
+    data: Fetched,
+}
+
+fn produce(
+    mut stream: OrderStream,
+    start: u64,
+    credits: Receiver<()>,
+    jobs: Sender<Job>,
+    results: Sender<Done>,
+) {
+    let mut seq = start;
+    while credits.recv().is_ok() {
+        let Some((r, data)) = stream.next_sample() else {
+            let _ = results.send((seq, None));
+            return;
+        };
+        let job = Job {
+            seq,
+            key_hint: (r.segment, r.idx),
+            data,
+        };
+        if jobs.send(job).is_err() {
+            return;
+        }
+        seq += 1;
+    }
+}
+
+struct WorkerCtx {
+    seed: u64,
+    epoch: u64,
+    rank: u64,
+    image_size: u32,
+    crop: CropMode,
+    output: ImageOutput,
+    tokenizer: Arc<TextTokenizer>,
+    counters: Arc<Counters>,
+}
+
+fn work(jobs: &Mutex<Receiver<Job>>, results: &Sender<Done>, ctx: &WorkerCtx) {
+    let mut transformer = Transformer::new(ctx.image_size, ctx.crop);
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        let out = job
+            .data
+            .and_then(|s| process(&s, job.seq, &mut transformer, ctx));
+        if out.is_err() {
+            tracing::debug!(
+                seq = job.seq,
+                segment = job.key_hint.0,
+                idx = job.key_hint.1,
+                "skipping sample"
+            );
+        }
+        if results.send((job.seq, Some(out))).is_err() {
+            return;
+        }
+    }
+}
+
+fn process(
+    sample: &Sample,
+    seq: u64,
+    t: &mut Transformer,
+    ctx: &WorkerCtx,
+) -> Result<Item, SkipReason> {
+    let (_, bytes) = sample.image().ok_or(SkipReason::NoImage)?;
+    let caption = sample.caption().ok_or(SkipReason::NoCaption)?;
+    let c = &ctx.counters;
+    let img = c
+        .time(Stage::Decode, || {
+            decode_rgb(bytes, t.min_decode_short_side())
+        })
+        .map_err(|e| match e {
+            DecodeError::TooLarge => SkipReason::TooLarge,
+            DecodeError::Corrupt(_) => SkipReason::CorruptImage,
+        })?;
+    let mut rng = rng_for(&[ctx.seed, ctx.epoch, ctx.rank, seq, TAG_CROP]);
+    let crop = t.crop_box(img.width, img.height, &mut rng);
+    let rgb = c
+        .time(Stage::Resize, || t.crop_resize(&img, crop))
+        .map_err(|_| SkipReason::CorruptImage)?;
+    let pixels = c.time(Stage::Normalize, || match ctx.output {
+        ImageOutput::Normalized => {
+            let mut v = Vec::with_capacity(rgb.len());
+            t.normalize_into(&rgb, &mut v);
+            Pixels::F32(v)
+        }
+        ImageOutput::U8 => {
+            let mut v = Vec::with_capacity(rgb.len());
+            Transformer::planar_into(&rgb, &mut v);
+            Pixels::U8(v)
+        }
+    });
+    let tokens = c
+        .time(Stage::Tokenize, || ctx.tokenizer.encode(caption))
+        .map_err(|_| SkipReason::NoCaption)?;
+    Ok(Item {
+        key: sample.key.clone(),
+        caption: caption.to_string(),
+        tokens,
+        pixels,
+    })
+}

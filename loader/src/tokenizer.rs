@@ -1,0 +1,166 @@
+//! Captions → fixed-length token rows, CLIP style: `[start] tokens… [end] pad…`, 77 long,
+//! truncated so the end token always survives (the trainer reads the embedding there). Backed by
+//! the `tokenizers` crate so a HF `tokenizer.json` (CLIP's own BPE) loads unchanged, and a
+//! byte-level BPE can be trained on the corpus captions when the user has none.
+
+use crate::LoaderError;
+use std::path::Path;
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::normalizers::{Lowercase, Sequence, Strip, NFC};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
+
+/// CLIP's context length.
+pub const CONTEXT_LENGTH: usize = 77;
+const START_NAMES: [&str; 4] = ["<|startoftext|>", "<s>", "<bos>", "[CLS]"];
+const END_NAMES: [&str; 4] = ["<|endoftext|>", "</s>", "<eos>", "[SEP]"];
+const PAD_NAMES: [&str; 3] = ["<|pad|>", "<pad>", "[PAD]"];
+
+/// A tokenizer with CLIP's framing. Cheap to share (`Arc`) across decode threads.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    sot: u32,
+    eot: u32,
+    pad: u32,
+    context: usize,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    /// A summary: the full vocabulary would flood any log that prints a config.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("sot", &self.sot)
+            .field("eot", &self.eot)
+            .field("pad", &self.pad)
+            .field("context", &self.context)
+            .finish()
+    }
+}
+
+impl TextTokenizer {
+    /// Loads a HF `tokenizer.json`. It must define a start and an end token (CLIP's
+    /// `<|startoftext|>`/`<|endoftext|>`, or `<s>`/`</s>`, ...); padding uses `<|pad|>`/`<pad>`
+    /// when present, else id 0 as open_clip does.
+    pub fn from_file(path: &Path) -> Result<Self, LoaderError> {
+        let inner = Tokenizer::from_file(path).map_err(|e| {
+            LoaderError::Tokenizer(format!(
+                "cannot load {}: {e} (train one with `wit tokenizer train`)",
+                path.display()
+            ))
+        })?;
+        Self::from_tokenizer(inner)
+    }
+
+    fn from_tokenizer(inner: Tokenizer) -> Result<Self, LoaderError> {
+        let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
+        let missing = |what: &str| {
+            LoaderError::Tokenizer(format!(
+                "the tokenizer has no {what} token (expected one of {:?} / {:?})",
+                START_NAMES, END_NAMES
+            ))
+        };
+        let sot = find(&START_NAMES).ok_or_else(|| missing("start"))?;
+        let eot = find(&END_NAMES).ok_or_else(|| missing("end"))?;
+        let pad = find(&PAD_NAMES).unwrap_or(0);
+        Ok(TextTokenizer {
+            inner,
+            sot,
+            eot,
+            pad,
+            context: CONTEXT_LENGTH,
+        })
+    }
+
+    /// Trains a byte-level BPE (NFC, lowercase, every byte encodable) on `captions`, with
+    /// special tokens `<|pad|>` = 0, `<|startoftext|>` = 1, `<|endoftext|>` = 2.
+    pub fn train<I, S>(captions: I, vocab_size: usize) -> Result<Self, LoaderError>
+    where
+        I: Iterator<Item = S> + Send,
+        S: AsRef<str> + Send,
+    {
+        let terr = |e: tokenizers::Error| LoaderError::Tokenizer(e.to_string());
+        let specials: Vec<AddedToken> = [PAD_NAMES[0], START_NAMES[0], END_NAMES[0]]
+            .iter()
+            .map(|t| AddedToken::from(t.to_string(), true))
+            .collect();
+        let mut trainer = BpeTrainerBuilder::new()
+            .show_progress(false)
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .special_tokens(specials)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build();
+        let mut tokenizer = TokenizerBuilder::new()
+            .with_model(BPE::default())
+            .with_normalizer(Some(Sequence::new(vec![
+                Strip::new(true, true).into(),
+                NFC.into(),
+                Lowercase.into(),
+            ])))
+            .with_pre_tokenizer(Some(ByteLevel::default()))
+            .with_post_processor(Some(ByteLevel::default()))
+            .with_decoder(Some(ByteLevel::default()))
+            .build()
+            .map_err(terr)?;
+        tokenizer.train(&mut trainer, captions).map_err(terr)?;
+        Self::from_tokenizer(tokenizer.into())
+    }
+
+    /// Writes the tokenizer as a HF `tokenizer.json` (loadable by Python `tokenizers` too).
+    pub fn save(&self, path: &Path) -> Result<(), LoaderError> {
+        self.inner
+            .save(path, false)
+            .map_err(|e| LoaderError::Tokenizer(format!("cannot write {}: {e}", path.display())))
+    }
+
+    /// `[start] tokens [end] pad…`, exactly [`Self::context_length`] ids; long captions are
+    /// truncated before the end token so it is always present.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, LoaderError> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| LoaderError::Tokenizer(e.to_string()))?;
+        let body = enc.get_ids();
+        let body = &body[..body.len().min(self.context - 2)];
+        let mut ids = Vec::with_capacity(self.context);
+        ids.push(self.sot);
+        ids.extend_from_slice(body);
+        ids.push(self.eot);
+        ids.resize(self.context, self.pad);
+        Ok(ids)
+    }
+
+    /// Turns ids back into text (special tokens dropped), for logs and evaluation reports.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, LoaderError> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| LoaderError::Tokenizer(e.to_string()))
+    }
+
+    /// Id of the start token.
+    pub fn sot_id(&self) -> u32 {
+        self.sot
+    }
+
+    /// Id of the end token: the trainer takes the text embedding at its position.
+    pub fn eot_id(&self) -> u32 {
+        self.eot
+    }
+
+    /// Id used after the end token.
+    pub fn pad_id(&self) -> u32 {
+        self.pad
+    }
+
+    /// Vocabulary size including special tokens: the text tower's embedding rows.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Tokens per caption (77, CLIP's).
+    pub fn context_length(&self) -> usize {
+        self.context
+    }
+}

@@ -1,0 +1,379 @@
+//! Decode → crop → resize → normalise for one sample. Crops are computed in source pixels and
+//! resized straight to the target square in one convolution pass (fast_image_resize, Catmull-Rom
+//! = PIL's BICUBIC), and large JPEGs are decoded at 1/2, 1/4 or 1/8 scale in the DCT domain when
+//! the crop still has enough pixels, which is where most of the time goes.
+
+use fast_image_resize::images::{CroppedImage, Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// CLIP's per-channel mean (RGB), for normalisation.
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// CLIP's per-channel standard deviation (RGB), for normalisation.
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
+
+/// Pillow's default decompression-bomb limit: refuse larger images before decoding them.
+const MAX_PIXELS: u64 = 89_478_485;
+
+/// How a training (or eval) square is cut from an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum CropMode {
+    /// The CLIP paper's augmentation: resize the short side to 8/7 of the target, take a random
+    /// target-sized square.
+    Clip,
+    /// open_clip's RandomResizedCrop(scale 0.9–1.0, ratio 3/4–4/3, bicubic), with torchvision's
+    /// center-crop fallback after 10 tries.
+    #[default]
+    Rrc,
+    /// Evaluation: resize the short side to the target (bicubic), center crop.
+    Center,
+}
+
+impl CropMode {
+    /// Short side (in source pixels) the crop needs before it would be upsampled: a JPEG may be
+    /// DCT-downscaled as long as its short side stays at or above this.
+    fn needed_short_side(self, target: u32) -> u32 {
+        let t = target as f64;
+        let need = match self {
+            CropMode::Center => t,
+            CropMode::Clip => t * 8.0 / 7.0,
+            // The smallest RRC crop side is sqrt(0.9 * 3/4) of the short side.
+            CropMode::Rrc => t / (0.9f64 * 0.75).sqrt(),
+        };
+        need.ceil() as u32
+    }
+}
+
+/// What the loader hands to the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ImageOutput {
+    /// f32, normalised with CLIP's mean/std on the CPU.
+    #[default]
+    Normalized,
+    /// Raw u8 RGB: 4× fewer bytes to the device; normalise there.
+    U8,
+}
+
+/// A crop rectangle in source pixels (may be fractional: resize-then-crop expressed as one pass).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CropBox {
+    /// Left edge, source pixels.
+    pub left: f64,
+    /// Top edge, source pixels.
+    pub top: f64,
+    /// Width, source pixels.
+    pub width: f64,
+    /// Height, source pixels.
+    pub height: f64,
+    /// Whether resampling must stay inside the box (torchvision crops then resizes) rather than
+    /// use neighbouring pixels (resize then crop).
+    pub clamp_to_box: bool,
+}
+
+/// torchvision's `RandomResizedCrop.get_params` (scale 0.9–1.0, ratio 3/4–4/3), integer box.
+pub fn rrc_box(width: u32, height: u32, rng: &mut impl Rng) -> CropBox {
+    let (w, h) = (width as f64, height as f64);
+    let area = w * h;
+    let (lr0, lr1) = ((3.0f64 / 4.0).ln(), (4.0f64 / 3.0).ln());
+    for _ in 0..10 {
+        let target_area = area * rng.random_range(0.9..=1.0);
+        let aspect = rng.random_range(lr0..=lr1).exp();
+        let cw = (target_area * aspect).sqrt().round();
+        let ch = (target_area / aspect).sqrt().round();
+        if cw > 0.0 && cw <= w && ch > 0.0 && ch <= h {
+            let top = rng.random_range(0..=(height - ch as u32)) as f64;
+            let left = rng.random_range(0..=(width - cw as u32)) as f64;
+            return int_box(left, top, cw, ch);
+        }
+    }
+    let ratio = w / h;
+    let (cw, ch) = if ratio < 3.0 / 4.0 {
+        (w, (w / (3.0 / 4.0)).round())
+    } else if ratio > 4.0 / 3.0 {
+        ((h * 4.0 / 3.0).round(), h)
+    } else {
+        (w, h)
+    };
+    int_box(((w - cw) / 2.0).floor(), ((h - ch) / 2.0).floor(), cw, ch)
+}
+
+fn int_box(left: f64, top: f64, width: f64, height: f64) -> CropBox {
+    CropBox {
+        left,
+        top,
+        width,
+        height,
+        clamp_to_box: true,
+    }
+}
+
+/// The CLIP paper's crop: short side resized to 8/7·target, then a random target square.
+pub fn clip_box(width: u32, height: u32, target: u32, rng: &mut impl Rng) -> CropBox {
+    let short = width.min(height) as f64;
+    let resized_short = (target as f64 * 8.0 / 7.0).ceil();
+    let f = resized_short / short;
+    let rw = ((width as f64 * f).round() as u32).max(target);
+    let rh = ((height as f64 * f).round() as u32).max(target);
+    let x = rng.random_range(0..=(rw - target)) as f64;
+    let y = rng.random_range(0..=(rh - target)) as f64;
+    let (fx, fy) = (rw as f64 / width as f64, rh as f64 / height as f64);
+    CropBox {
+        left: x / fx,
+        top: y / fy,
+        width: target as f64 / fx,
+        height: target as f64 / fy,
+        clamp_to_box: false,
+    }
+}
+
+/// torchvision's `Resize(target)` size: short side to target, long side truncated.
+fn center_resized(width: u32, height: u32, target: u32) -> (u32, u32) {
+    let (w, h) = (width as f64, height as f64);
+    if width <= height {
+        (target, (target as f64 * h / w) as u32)
+    } else {
+        ((target as f64 * w / h) as u32, target)
+    }
+}
+
+/// torchvision's `Resize(target)` followed by `CenterCrop(target)`, as a box in source pixels.
+pub fn center_box(width: u32, height: u32, target: u32) -> CropBox {
+    let (nw, nh) = center_resized(width, height, target);
+    let t = target;
+    let off_x = ((nw - t) as f64 / 2.0).round();
+    let off_y = ((nh - t) as f64 / 2.0).round();
+    let (fx, fy) = (nw as f64 / width as f64, nh as f64 / height as f64);
+    CropBox {
+        left: off_x / fx,
+        top: off_y / fy,
+        width: t as f64 / fx,
+        height: t as f64 / fy,
+        clamp_to_box: false,
+    }
+}
+
+/// Why a sample produced no image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The bytes are not a decodable JPEG/PNG/WebP.
+    Corrupt(String),
+    /// More pixels than Pillow's decompression-bomb limit.
+    TooLarge,
+}
+
+/// An RGB image, interleaved.
+pub struct Rgb {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `width * height * 3` bytes.
+    pub pixels: Vec<u8>,
+}
+
+/// Decodes `bytes` to RGB. A JPEG whose short side is at least twice `min_short` is decoded at
+/// the smallest DCT scale (1/2, 1/4, 1/8) that keeps the short side ≥ `min_short`.
+pub fn decode_rgb(bytes: &[u8], min_short: u32) -> Result<Rgb, DecodeError> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        if let Some(rgb) = decode_jpeg_scaled(bytes, min_short)? {
+            return Ok(rgb);
+        }
+    }
+    let img = image::load_from_memory(bytes).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    if img.width() as u64 * img.height() as u64 > MAX_PIXELS {
+        return Err(DecodeError::TooLarge);
+    }
+    let rgb = img.into_rgb8();
+    Ok(Rgb {
+        width: rgb.width(),
+        height: rgb.height(),
+        pixels: rgb.into_raw(),
+    })
+}
+
+/// `Ok(None)` when scaling would not pay (the general decoder is faster at full size).
+fn decode_jpeg_scaled(bytes: &[u8], min_short: u32) -> Result<Option<Rgb>, DecodeError> {
+    let corrupt = |e: jpeg_decoder::Error| DecodeError::Corrupt(e.to_string());
+    let mut dec = jpeg_decoder::Decoder::new(bytes);
+    dec.read_info().map_err(corrupt)?;
+    let info = dec
+        .info()
+        .ok_or(DecodeError::Corrupt("no JPEG header".into()))?;
+    let (w, h) = (info.width as u32, info.height as u32);
+    if w as u64 * h as u64 > MAX_PIXELS {
+        return Err(DecodeError::TooLarge);
+    }
+    let short = w.min(h);
+    let Some(denom) = [8u32, 4, 2]
+        .into_iter()
+        .find(|d| short.div_ceil(*d) >= min_short.max(1))
+    else {
+        return Ok(None);
+    };
+    dec.scale(w.div_ceil(denom) as u16, h.div_ceil(denom) as u16)
+        .map_err(corrupt)?;
+    let data = dec.decode().map_err(corrupt)?;
+    let info = dec
+        .info()
+        .ok_or(DecodeError::Corrupt("no JPEG header".into()))?;
+    let (width, height) = (info.width as u32, info.height as u32);
+    let pixels = match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => data,
+        jpeg_decoder::PixelFormat::L8 => data.iter().flat_map(|&v| [v, v, v]).collect(),
+        jpeg_decoder::PixelFormat::L16 => data
+            .chunks_exact(2)
+            .flat_map(|c| [c[0], c[0], c[0]])
+            .collect(),
+        jpeg_decoder::PixelFormat::CMYK32 => return Ok(None),
+    };
+    if pixels.len() != (width * height * 3) as usize {
+        return Err(DecodeError::Corrupt("short JPEG pixel buffer".into()));
+    }
+    Ok(Some(Rgb {
+        width,
+        height,
+        pixels,
+    }))
+}
+
+/// Per-thread transform state: the resizer keeps its scratch buffers between samples.
+pub struct Transformer {
+    resizer: Resizer,
+    target: u32,
+    mode: CropMode,
+    lut: [[f32; 256]; 3],
+}
+
+impl Transformer {
+    /// A transform to `target`×`target` squares with `mode` crops.
+    pub fn new(target: u32, mode: CropMode) -> Self {
+        let mut lut = [[0f32; 256]; 3];
+        for (c, table) in lut.iter_mut().enumerate() {
+            for (v, out) in table.iter_mut().enumerate() {
+                *out = (v as f32 / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c];
+            }
+        }
+        Transformer {
+            resizer: Resizer::new(),
+            target,
+            mode,
+            lut,
+        }
+    }
+
+    /// The short side a decoder should keep (see [`decode_rgb`]).
+    pub fn min_decode_short_side(&self) -> u32 {
+        self.mode.needed_short_side(self.target)
+    }
+
+    /// The crop box for an image of this size, drawing randomness from `rng`.
+    pub fn crop_box(&self, width: u32, height: u32, rng: &mut impl Rng) -> CropBox {
+        match self.mode {
+            CropMode::Rrc => rrc_box(width, height, rng),
+            CropMode::Clip => clip_box(width, height, self.target, rng),
+            CropMode::Center => center_box(width, height, self.target),
+        }
+    }
+
+    /// Crops and resizes `img` to the target square, interleaved RGB u8.
+    pub fn crop_resize(&mut self, img: &Rgb, b: CropBox) -> Result<Vec<u8>, DecodeError> {
+        let t = self.target;
+        let identity = b.left == 0.0
+            && b.top == 0.0
+            && b.width == t as f64
+            && b.height == t as f64
+            && img.width == t
+            && img.height == t;
+        if identity {
+            return Ok(img.pixels.clone());
+        }
+        let err = |e: &dyn std::fmt::Display| DecodeError::Corrupt(e.to_string());
+        let src = ImageRef::new(img.width, img.height, &img.pixels, PixelType::U8x3)
+            .map_err(|e| err(&e))?;
+        if self.mode == CropMode::Center {
+            return self.resize_then_center(&src, img);
+        }
+        let mut dst = Image::new(t, t, PixelType::U8x3);
+        let alg = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
+        if b.clamp_to_box {
+            let view = CroppedImage::new(
+                &src,
+                b.left as u32,
+                b.top as u32,
+                b.width as u32,
+                b.height as u32,
+            )
+            .map_err(|e| err(&e))?;
+            self.resizer
+                .resize(&view, &mut dst, &alg)
+                .map_err(|e| err(&e))?;
+        } else {
+            let opts = alg.crop(b.left, b.top, b.width, b.height);
+            self.resizer
+                .resize(&src, &mut dst, &opts)
+                .map_err(|e| err(&e))?;
+        }
+        Ok(dst.into_vec())
+    }
+
+    /// Evaluation crops resize the whole image, then cut the square, exactly as torchvision on
+    /// PIL does (a single cropped pass differs at the square's edges).
+    fn resize_then_center(&mut self, src: &ImageRef, img: &Rgb) -> Result<Vec<u8>, DecodeError> {
+        let t = self.target;
+        let (nw, nh) = center_resized(img.width, img.height, t);
+        // Pillow resamples horizontally first and clips to u8 between passes; do the same.
+        let mut resized = img.pixels.clone();
+        if nw != img.width {
+            resized = self.resize_to(src, nw, img.height)?;
+        }
+        if nh != img.height {
+            let mid = ImageRef::new(nw, img.height, &resized, PixelType::U8x3)
+                .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+            resized = self.resize_to(&mid, nw, nh)?;
+        }
+        let off_x = ((nw - t) as f64 / 2.0).round() as usize;
+        let off_y = ((nh - t) as f64 / 2.0).round() as usize;
+        let (row, t) = (nw as usize * 3, t as usize);
+        let mut out = Vec::with_capacity(t * t * 3);
+        for y in off_y..off_y + t {
+            out.extend_from_slice(&resized[y * row + off_x * 3..y * row + (off_x + t) * 3]);
+        }
+        Ok(out)
+    }
+
+    fn resize_to(&mut self, src: &ImageRef, w: u32, h: u32) -> Result<Vec<u8>, DecodeError> {
+        let mut dst = Image::new(w, h, PixelType::U8x3);
+        let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
+        self.resizer
+            .resize(src, &mut dst, &opts)
+            .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+        Ok(dst.into_vec())
+    }
+
+    /// Interleaved RGB → planar CHW f32, `(v/255 - mean) / std` per channel.
+    pub fn normalize_into(&self, rgb: &[u8], out: &mut Vec<f32>) {
+        let plane = rgb.len() / 3;
+        let start = out.len();
+        out.resize(start + rgb.len(), 0.0);
+        let dst = &mut out[start..];
+        for (i, px) in rgb.chunks_exact(3).enumerate() {
+            dst[i] = self.lut[0][px[0] as usize];
+            dst[plane + i] = self.lut[1][px[1] as usize];
+            dst[2 * plane + i] = self.lut[2][px[2] as usize];
+        }
+    }
+
+    /// Interleaved RGB → planar CHW u8.
+    pub fn planar_into(rgb: &[u8], out: &mut Vec<u8>) {
+        let plane = rgb.len() / 3;
+        let start = out.len();
+        out.resize(start + rgb.len(), 0);
+        let dst = &mut out[start..];
+        for (i, px) in rgb.chunks_exact(3).enumerate() {
+            dst[i] = px[0];
+            dst[plane + i] = px[1];
+            dst[2 * plane + i] = px[2];
+        }
+    }
+}

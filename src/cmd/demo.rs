@@ -1,0 +1,161 @@
+//! `wit demo`: the README's main command. Runs the whole chain on the embedded test web — crawl,
+//! download, stats, train, eval — by running the same `wit` subcommands a user would type, and
+//! prints each command line first so the demo doubles as a tutorial.
+
+use super::{Cli, Command};
+use crate::testweb::{scene, TestWeb, TestWebConfig};
+use anyhow::{ensure, Context};
+use clap::Parser;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+use wit_crawler::pairs::{read_pairs, PairsWriter};
+
+/// Run the whole chain on the embedded test web: start it on 127.0.0.1, crawl it, split the
+/// pairs into training pairs and held-out pairs (caption combinations never seen in training),
+/// download both into shards, print the dataset statistics, train the `tiny` CLIP on CPU and
+/// evaluate it on the held-out pairs (DIR/eval.json).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Where everything goes (pairs, shards, report.html, model, eval.json). Reused runs skip
+    /// finished shards.
+    #[arg(long, default_value = "wit-demo")]
+    pub dir: PathBuf,
+    /// Pages of the test web (about 5.5 images each).
+    #[arg(long, default_value_t = 1000)]
+    pub pages: usize,
+    /// Seed of the test web and of training.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Training steps of the tiny CLIP.
+    #[arg(long, default_value_t = 1500)]
+    pub steps: u64,
+    /// Pairs per training batch.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+}
+
+/// Runs `wit demo`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create demo folder {}", args.dir.display()))?;
+    println!("== starting the embedded test web ({} pages)", args.pages);
+    let web = TestWeb::start(TestWebConfig {
+        seed: args.seed,
+        pages: args.pages,
+        faults: false,
+    })?;
+    let base = web.base_url();
+    println!("   serving on {base}");
+    let dir = |p: &str| args.dir.join(p).display().to_string();
+
+    step(&[
+        "crawl",
+        &format!("{base}/"),
+        "-o",
+        &dir("crawl"),
+        "--allow-net",
+        "127.0.0.1/32",
+        "--per-host-concurrency",
+        "16",
+        "--per-host-delay-ms",
+        "0",
+        "--max-depth",
+        "50",
+    ])?;
+    let (train, held_out) = split_pairs(&args.dir.join("crawl/pairs.parquet"), &args.dir)?;
+    println!("== split: {train} training pairs, {held_out} held-out pairs (unseen combinations)");
+    for part in ["train", "heldout"] {
+        step(&[
+            "download",
+            &dir(&format!("pairs-{part}.parquet")),
+            "-o",
+            &dir(&format!("shards/{part}")),
+            "--allow-net",
+            "127.0.0.1/32",
+            "--image-size",
+            "80",
+            "--resize-mode",
+            "center_crop",
+            "--samples-per-shard",
+            "1000",
+        ])?;
+    }
+    step(&[
+        "stats",
+        &dir("shards/train"),
+        "--json",
+        &dir("stats.json"),
+        "--html",
+        &dir("report.html"),
+    ])?;
+    step(&[
+        "train",
+        "--data",
+        &dir("shards/train"),
+        "--config",
+        "tiny",
+        "--steps",
+        &args.steps.to_string(),
+        "--batch-size",
+        &args.batch_size.to_string(),
+        "--seed",
+        &args.seed.to_string(),
+        "--out",
+        &dir("model"),
+    ])?;
+    step(&[
+        "eval",
+        "--checkpoint",
+        &dir("model"),
+        "--data",
+        &dir("shards/heldout"),
+        "--json",
+        &dir("eval.json"),
+    ])?;
+    drop(web);
+    println!(
+        "== demo done in {:.0} s: report {}, evaluation {}",
+        started.elapsed().as_secs_f64(),
+        dir("report.html"),
+        dir("eval.json")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `$ wit ARGS` and runs it in-process; a failing or non-zero step stops the demo.
+fn step(args: &[&str]) -> anyhow::Result<()> {
+    println!("\n$ wit {}", args.join(" "));
+    let cli = Cli::try_parse_from(std::iter::once("wit").chain(args.iter().copied()))
+        .context("the demo built an invalid command line")?;
+    let name = args[0];
+    ensure!(
+        !matches!(cli.command, Command::Demo(_)),
+        "the demo cannot run itself"
+    );
+    let code = super::run(cli.command).with_context(|| format!("demo step `wit {name}` failed"))?;
+    ensure!(
+        code == ExitCode::SUCCESS,
+        "demo step `wit {name}` exited with {code:?}"
+    );
+    Ok(())
+}
+
+/// Splits the crawled pairs into `pairs-train.parquet` and `pairs-heldout.parquet`: a pair whose
+/// caption describes a held-out combination of the test web's grammar goes to evaluation only.
+/// Captions outside the grammar (decorative alts, file names) stay in training as real-web noise.
+fn split_pairs(pairs: &Path, dir: &Path) -> anyhow::Result<(u64, u64)> {
+    let mut train = PairsWriter::create(&dir.join("pairs-train.parquet"))?;
+    let mut held_out = PairsWriter::create(&dir.join("pairs-heldout.parquet"))?;
+    for pair in read_pairs(pairs)? {
+        let pair = pair?;
+        let unseen = scene::parse_caption(&pair.caption).is_some_and(|s| scene::is_held_out(&s));
+        if unseen {
+            held_out.write(pair)?;
+        } else {
+            train.write(pair)?;
+        }
+    }
+    Ok((train.finish()?, held_out.finish()?))
+}

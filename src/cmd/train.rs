@@ -1,0 +1,285 @@
+//! `wit train`: streams shards through `wit-loader` into `wit-trainer`'s CLIP, logs every step to
+//! `OUT/log.jsonl`, shows a progress bar, and checkpoints (model + optimiser + loader position)
+//! into `OUT` so `--resume` continues exactly where it stopped.
+
+use anyhow::{bail, Context};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use wit_loader::{CropMode, Loader, LoaderConfig, LoaderState, TextTokenizer};
+use wit_trainer::candle::Device;
+use wit_trainer::{AdamWConfig, ClipConfig, MicroBatch, StepStats, TrainConfig, Trainer};
+
+/// Tokenizer file kept next to the checkpoint, so eval and resume tokenise as training did.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// Per-step JSON lines: step, loss, lr, logit_scale, grad_norm, samples, samples_per_s.
+pub const LOG_FILE: &str = "log.jsonl";
+
+/// Flags of `wit train`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Training shards: tar paths, brace patterns (`out/{00000..00009}.tar`), folders, a
+    /// `shardindex.json`, or http(s) URLs. Repeatable.
+    #[arg(long, required = true, num_args = 1..)]
+    pub data: Vec<String>,
+    /// Model: `tiny`, `vit-s-32`, `vit-b-32`, `vit-b-16`, or an open_clip model JSON file.
+    #[arg(long, default_value = "tiny")]
+    pub config: String,
+    /// A Hugging Face `tokenizer.json`; without it a byte-level BPE is trained on the shards' captions.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Vocabulary of the tokenizer trained when `--tokenizer` is absent.
+    #[arg(long, default_value_t = 4096)]
+    pub vocab_size: usize,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 1000)]
+    pub steps: u64,
+    /// Pairs per micro-batch; the contrastive batch is `batch-size × accum`.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 5e-4)]
+    pub lr: f64,
+    /// Linear warmup steps before the cosine decay.
+    #[arg(long, default_value_t = 100)]
+    pub warmup: u64,
+    /// Micro-batches per step (open_clip's accum_freq); features are cached so the loss spans all.
+    #[arg(long, default_value_t = 1)]
+    pub accum: usize,
+    /// Clip the global gradient norm to this (0 disables clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// AdamW weight decay on matrices (vectors are never decayed).
+    #[arg(long, default_value_t = 0.2)]
+    pub weight_decay: f64,
+    /// Seed of the weights, shard order, shuffle and crops.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// `cpu`, `cuda` or `cuda:N` (CUDA computes in bf16 with f32 master weights).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Crop augmentation: `rrc` (open_clip), `clip` (the paper's random square), `center` (none).
+    #[arg(long, default_value = "rrc", value_parser = parse_crop)]
+    pub crop: CropMode,
+    /// Loader decode threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Save a checkpoint every this many steps (and always at the end).
+    #[arg(long, default_value_t = 500)]
+    pub save_every: u64,
+    /// Output folder: checkpoint, Hugging Face export, tokenizer.json, log.jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from the checkpoint in `--out` exactly where it stopped: its model and training
+    /// settings win over the flags; pass the same --data, --batch-size and --seed as the first run.
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress bar (log lines only).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Parses `--crop`.
+pub fn parse_crop(s: &str) -> Result<CropMode, String> {
+    match s {
+        "rrc" => Ok(CropMode::Rrc),
+        "clip" => Ok(CropMode::Clip),
+        "center" => Ok(CropMode::Center),
+        _ => Err(format!("unknown crop {s:?}; use rrc, clip or center")),
+    }
+}
+
+/// A loader batch as the trainer's micro-batch.
+pub fn micro_batch(b: wit_loader::Batch) -> MicroBatch {
+    MicroBatch {
+        images: b.images,
+        tokens: b.tokens,
+    }
+}
+
+/// Loads `--tokenizer`, or trains a BPE on the shards' captions.
+fn tokenizer(args: &Args) -> anyhow::Result<TextTokenizer> {
+    if let Some(path) = &args.tokenizer {
+        return Ok(TextTokenizer::from_file(path)?);
+    }
+    let source: Arc<dyn wit_loader::ShardSource> = Arc::new(wit_loader::DefaultSource::default());
+    let entries = wit_loader::resolve_shards(&args.data, source.as_ref())?;
+    tracing::info!(
+        shards = entries.len(),
+        vocab = args.vocab_size,
+        "training a tokenizer on the captions"
+    );
+    Ok(TextTokenizer::train(
+        wit_loader::read_captions(entries, source),
+        args.vocab_size,
+    )?)
+}
+
+/// The model config with the text tower fitted to the tokenizer (vocabulary, end-of-text id).
+fn model_config(name: &str, tok: &TextTokenizer) -> anyhow::Result<ClipConfig> {
+    let mut cfg = ClipConfig::resolve(name)?;
+    cfg.text_cfg.vocab_size = tok.vocab_size();
+    cfg.text_cfg.eot_token_id = Some(tok.eot_id());
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn train_config(args: &Args) -> TrainConfig {
+    TrainConfig {
+        steps: args.steps,
+        lr: args.lr,
+        warmup: args.warmup,
+        accum: args.accum,
+        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+        adamw: AdamWConfig {
+            weight_decay: args.weight_decay,
+            ..AdamWConfig::default()
+        },
+        seed: args.seed,
+    }
+}
+
+/// A fresh trainer and tokenizer, or both read back from `--out` with the loader position.
+fn start(
+    args: &Args,
+    device: &Device,
+) -> anyhow::Result<(Trainer, TextTokenizer, Option<LoaderState>)> {
+    if args.resume {
+        let (trainer, extra) = Trainer::resume(&args.out, device).with_context(|| {
+            format!(
+                "cannot resume from {}; drop --resume to start over",
+                args.out.display()
+            )
+        })?;
+        let tok = TextTokenizer::from_file(&args.out.join(TOKENIZER_FILE))?;
+        let state = serde_json::from_value(extra["loader"].clone())
+            .context("the checkpoint has no loader state; it was not written by `wit train`")?;
+        return Ok((trainer, tok, Some(state)));
+    }
+    if args.out.join(wit_trainer::checkpoint::STATE_FILE).exists() {
+        bail!(
+            "{} already holds a checkpoint: pass --resume to continue it or choose another --out",
+            args.out.display()
+        );
+    }
+    let tok = tokenizer(args)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    tok.save(&args.out.join(TOKENIZER_FILE))?;
+    let clip = model_config(&args.config, &tok)?;
+    Ok((Trainer::new(&clip, train_config(args), device)?, tok, None))
+}
+
+fn loader(
+    args: &Args,
+    trainer: &Trainer,
+    tok: TextTokenizer,
+    state: Option<LoaderState>,
+    device: &Device,
+) -> anyhow::Result<Loader> {
+    let mut cfg = LoaderConfig::new(args.data.clone(), Arc::new(tok));
+    cfg.batch_size = args.batch_size;
+    cfg.image_size = trainer.model().config().vision_cfg.image_size as u32;
+    cfg.crop = args.crop;
+    cfg.seed = trainer.config().seed;
+    cfg.device = device.clone();
+    if let Some(t) = args.threads {
+        cfg.threads = t;
+    }
+    Ok(match state {
+        Some(s) => Loader::resume(cfg, s)?,
+        None => Loader::new(cfg)?,
+    })
+}
+
+/// The next batch, rolling into the next epoch when one ends.
+fn next_batch(loader: &mut Loader) -> anyhow::Result<MicroBatch> {
+    for _ in 0..2 {
+        if let Some(b) = loader.next_batch()? {
+            return Ok(micro_batch(b));
+        }
+    }
+    bail!("the shards yielded no batch: check --data and that --batch-size is at most the number of samples")
+}
+
+/// Opens `log.jsonl` for appending, first dropping lines of steps after `step` (the checkpoint a
+/// resume starts from), so the log lists every step once.
+fn open_log(out: &Path, step: u64) -> anyhow::Result<std::fs::File> {
+    let path = out.join(LOG_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let kept: String = text
+            .lines()
+            .filter(|l| serde_json::from_str::<StepStats>(l).is_ok_and(|s| s.step <= step))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, kept)
+            .with_context(|| format!("cannot rewrite {}", path.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
+fn log_line(log: &mut std::fs::File, s: &StepStats) -> anyhow::Result<()> {
+    writeln!(log, "{}", serde_json::to_string(s)?).context("cannot append to log.jsonl")
+}
+
+fn progress(total: u64, done: u64, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total).with_position(done);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+fn save(trainer: &Trainer, loader: &Loader, out: &Path) -> anyhow::Result<()> {
+    let extra = serde_json::json!({ "loader": loader.state(), "tokenizer": TOKENIZER_FILE });
+    trainer
+        .save(out, extra)
+        .with_context(|| format!("cannot checkpoint into {}", out.display()))
+}
+
+/// Runs `wit train`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    wit_trainer::tune_allocator();
+    let device = wit_trainer::parse_device(&args.device)?;
+    let (mut trainer, tok, state) = start(&args, &device)?;
+    let mut loader = loader(&args, &trainer, tok, state, &device)?;
+    let mut log = open_log(&args.out, trainer.step_count())?;
+    let steps = trainer.config().steps;
+    let bar = progress(steps, trainer.step_count(), args.quiet);
+    while trainer.step_count() < steps {
+        let micro = (0..trainer.config().accum)
+            .map(|_| next_batch(&mut loader))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let s = trainer.step(&micro)?;
+        log_line(&mut log, &s)?;
+        bar.set_position(s.step);
+        bar.set_message(format!(
+            "loss {:.4} lr {:.2e} scale {:.2} {:.0} pairs/s",
+            s.loss,
+            s.lr,
+            s.logit_scale.exp(),
+            s.samples_per_s
+        ));
+        if s.step % args.save_every.max(1) == 0 || s.step == steps {
+            save(&trainer, &loader, &args.out)?;
+        }
+    }
+    bar.finish();
+    println!(
+        "trained {} steps; checkpoint and Hugging Face export in {}",
+        trainer.step_count(),
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

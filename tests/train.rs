@@ -1,0 +1,137 @@
+//! `wit train` and `wit eval` end to end on real WebDataset shards of test-web scenes: the
+//! checkpoint folder is a Hugging Face CLIP export (names read back by Python from the raw
+//! safetensors header), the log has a line per step, and eval writes the documented JSON.
+
+mod common;
+
+use common::{python, scratch, wit_ok};
+use rand::SeedableRng;
+use std::path::Path;
+use webimagetext::testweb::scene::{caption, render, Scene};
+
+/// Renders `n` random scenes as PNG + caption files, then packs them with Python's tarfile into a
+/// WebDataset shard (members sorted by key, as webdataset writes them).
+fn write_shard(dir: &Path, name: &str, n: usize, seed: u64) {
+    let staging = dir.join(format!("{name}.d"));
+    std::fs::create_dir_all(&staging).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for i in 0..n {
+        let scene = Scene::random(&mut rng, i % 2 == 0);
+        let key = format!("{:09}", seed * 10_000 + i as u64);
+        render(&scene, 96, 96, seed + i as u64)
+            .save(staging.join(format!("{key}.png")))
+            .unwrap();
+        std::fs::write(staging.join(format!("{key}.txt")), caption(&scene)).unwrap();
+    }
+    let script = "import os, sys, tarfile\nsrc, out = sys.argv[1], sys.argv[2]\nwith tarfile.open(out, 'w') as t:\n    for f in sorted(os.listdir(src)):\n        t.add(os.path.join(src, f), arcname=f)\n";
+    python(
+        script,
+        &[
+            staging.to_str().unwrap(),
+            dir.join(format!("{name}.tar")).to_str().unwrap(),
+        ],
+    );
+}
+
+#[test]
+fn train_writes_a_hugging_face_checkpoint_and_eval_reports_the_documented_json() {
+    let tmp = scratch();
+    let data = tmp.path();
+    write_shard(data, "train-0", 48, 1);
+    write_shard(data, "eval-0", 24, 2);
+    let out = data.join("run");
+    let shard = data.join("train-0.tar");
+    wit_ok(&[
+        "train",
+        "--data",
+        shard.to_str().unwrap(),
+        "--config",
+        "tiny",
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--accum",
+        "2",
+        "--warmup",
+        "1",
+        "--lr",
+        "1e-3",
+        "--vocab-size",
+        "300",
+        "--save-every",
+        "2",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "optimizer.safetensors",
+        "trainer_state.json",
+        "tokenizer.json",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing from the checkpoint");
+    }
+    let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+    let steps: Vec<u64> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, [1, 2, 3]);
+    let header = python(
+        "import json, struct, sys\nb = open(sys.argv[1], 'rb').read()\nn = struct.unpack('<Q', b[:8])[0]\nh = json.loads(b[8:8 + n])\nprint(json.dumps({k: v['shape'] for k, v in h.items() if k != '__metadata__'}))",
+        &[out.join("model.safetensors").to_str().unwrap()],
+    );
+    let shapes: serde_json::Value = serde_json::from_str(&header).unwrap();
+    assert_eq!(
+        shapes["vision_model.embeddings.patch_embedding.weight"],
+        serde_json::json!([128, 3, 8, 8])
+    );
+    assert_eq!(
+        shapes["text_model.encoder.layers.3.mlp.fc2.weight"],
+        serde_json::json!([128, 512])
+    );
+    assert_eq!(shapes["logit_scale"], serde_json::json!([]));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model_type"], "clip");
+
+    let json = data.join("eval.json");
+    let eval_shard = data.join("eval-0.tar");
+    wit_ok(&[
+        "eval",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--data",
+        eval_shard.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--labels",
+        "circle,square,triangle,star,cross",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let n = report["n"].as_u64().unwrap();
+    assert!(n > 10 && n <= 24, "{report}");
+    for dir in ["image_to_text", "text_to_image"] {
+        for k in ["r1", "r5", "r10"] {
+            let r = report[dir][k].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&r), "{dir}.{k} = {r}");
+        }
+        assert!(report[dir]["r10"].as_f64() >= report[dir]["r1"].as_f64());
+    }
+    for attr in ["colour", "shape", "count", "background"] {
+        let a = report["minimal_edit"][attr]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no minimal_edit.{attr}: {report}"));
+        assert!((0.0..=1.0).contains(&a));
+    }
+    assert!(report["zero_shot"]["n"].as_u64().unwrap() > 0, "{report}");
+}

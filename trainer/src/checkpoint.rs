@@ -1,0 +1,158 @@
+//! Checkpoint files. A checkpoint folder is also the Hugging Face export: `model.safetensors`
+//! (CLIPModel names, f32) + `config.json`; training adds `optimizer.safetensors` and `trainer_state.json`.
+
+use crate::config::ClipConfig;
+use crate::model::ClipModel;
+use crate::train::{TrainConfig, Trainer};
+use crate::TrainError;
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Model weights under Hugging Face CLIP names.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// Hugging Face `config.json` with the open_clip form under `"open_clip"`.
+pub const CONFIG_FILE: &str = "config.json";
+/// AdamW moments plus a `step` scalar that must match the state file.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// Step, training config and the caller's extra state (the loader's position); written last.
+pub const STATE_FILE: &str = "trainer_state.json";
+
+/// The JSON side of a checkpoint.
+#[derive(Serialize, Deserialize)]
+struct TrainerState {
+    step: u64,
+    adam_steps: u64,
+    train_config: TrainConfig,
+    extra: serde_json::Value,
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> TrainError {
+    TrainError::Checkpoint(format!(
+        "{}: {e}; check the folder exists and is writable",
+        path.display()
+    ))
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+fn fsync_and_rename(tmp: &Path, path: &Path) -> Result<(), TrainError> {
+    std::fs::File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_err(tmp, e))?;
+    std::fs::rename(tmp, path).map_err(|e| io_err(path, e))
+}
+
+/// Writes safetensors through a temporary name, fsync and rename, so readers never see half a file.
+pub fn save_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<(), TrainError> {
+    let tmp = tmp_path(path);
+    candle_core::safetensors::save(tensors, &tmp)?;
+    fsync_and_rename(&tmp, path)
+}
+
+fn write_atomic(bytes: &[u8], path: &Path) -> Result<(), TrainError> {
+    let tmp = tmp_path(path);
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
+    drop(f);
+    fsync_and_rename(&tmp, path)
+}
+
+/// Writes the export part (`model.safetensors` + `config.json`) of a model.
+pub fn export(model: &ClipModel, dir: &Path) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    model.save_weights(&dir.join(MODEL_FILE))?;
+    let json = serde_json::to_vec_pretty(&model.config().hf_config_json())
+        .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+    write_atomic(&json, &dir.join(CONFIG_FILE))
+}
+
+pub(crate) fn save(
+    trainer: &Trainer,
+    dir: &Path,
+    extra: serde_json::Value,
+) -> Result<(), TrainError> {
+    export(trainer.model(), dir)?;
+    let mut tensors: HashMap<String, Tensor> =
+        trainer.optimizer().state_tensors().into_iter().collect();
+    tensors.insert(
+        "step".into(),
+        Tensor::new(trainer.step_count() as i64, &Device::Cpu)?,
+    );
+    save_atomic(&tensors, &dir.join(OPTIMIZER_FILE))?;
+    let state = TrainerState {
+        step: trainer.step_count(),
+        adam_steps: trainer.optimizer().steps(),
+        train_config: trainer.config().clone(),
+        extra,
+    };
+    let json =
+        serde_json::to_vec_pretty(&state).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+    write_atomic(&json, &dir.join(STATE_FILE))
+}
+
+fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>, TrainError> {
+    candle_core::safetensors::load(path, device).map_err(|e| {
+        TrainError::Checkpoint(format!(
+            "cannot read {}: {e}; is this a `wit train --out` folder?",
+            path.display()
+        ))
+    })
+}
+
+/// Reads the configuration of an exported or checkpointed model folder.
+pub fn read_config(dir: &Path) -> Result<ClipConfig, TrainError> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Checkpoint(format!("{} is not JSON: {e}", path.display())))?;
+    ClipConfig::from_hf_config_json(&value)
+}
+
+/// Loads an exported or checkpointed model for inference on `device` (f32 weights, bf16 compute on CUDA).
+pub fn load_model(dir: &Path, device: &Device) -> Result<ClipModel, TrainError> {
+    let cfg = read_config(dir)?;
+    let mut model = ClipModel::new(&cfg, 0, candle_core::DType::F32, device)?;
+    model.load_tensors(&read_tensors(&dir.join(MODEL_FILE), device)?)?;
+    if device.is_cuda() {
+        model.set_compute_dtype(candle_core::DType::BF16);
+    }
+    Ok(model)
+}
+
+pub(crate) fn resume(
+    dir: &Path,
+    device: &Device,
+) -> Result<(Trainer, serde_json::Value), TrainError> {
+    let path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+    let state: TrainerState = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Checkpoint(format!("{} is malformed: {e}", path.display())))?;
+    let opt = read_tensors(&dir.join(OPTIMIZER_FILE), device)?;
+    let saved_step = opt
+        .get("step")
+        .map(|t| t.to_scalar::<i64>())
+        .transpose()?
+        .unwrap_or(-1);
+    if saved_step != state.step as i64 {
+        return Err(TrainError::Checkpoint(format!(
+            "{} is torn (optimizer at step {saved_step}, state at step {}): a save was interrupted; resume from an older copy or start over",
+            dir.display(),
+            state.step
+        )));
+    }
+    let cfg = read_config(dir)?;
+    let mut trainer = Trainer::new(&cfg, state.train_config, device)?;
+    let weights = read_tensors(&dir.join(MODEL_FILE), device)?;
+    let (model, adam, step) = trainer.parts_mut();
+    model.load_tensors(&weights)?;
+    adam.load_state(&opt, state.adam_steps)?;
+    *step = state.step;
+    Ok((trainer, state.extra))
+}

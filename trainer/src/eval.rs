@@ -1,0 +1,150 @@
+//! Retrieval recall and zero-shot accuracy over L2-normalised embeddings, the numbers `wit eval`
+//! reports. Ties count against the model (a tie with a wrong candidate ranks the true one lower),
+//! so a collapsed model scores chance, not perfect.
+
+use crate::model::{l2_normalize, ClipModel};
+use crate::TrainError;
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Recall at 1, 5 and 10: the fraction of queries whose true match ranks within the top k.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recall {
+    /// Recall@1.
+    pub r1: f64,
+    /// Recall@5.
+    pub r5: f64,
+    /// Recall@10.
+    pub r10: f64,
+}
+
+/// Both retrieval directions over `n` matched pairs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Retrieval {
+    /// Number of pairs.
+    pub n: usize,
+    /// Images as queries, captions as candidates.
+    pub image_to_text: Recall,
+    /// Captions as queries, images as candidates.
+    pub text_to_image: Recall,
+}
+
+/// The 0-based rank of the true candidate `truth` in `scores` (ties rank it lower).
+pub fn rank_of(scores: &[f64], truth: usize) -> usize {
+    let s = scores[truth];
+    scores
+        .iter()
+        .enumerate()
+        .filter(|&(j, &x)| j != truth && x >= s)
+        .count()
+}
+
+fn recall(ranks: &[usize]) -> Recall {
+    let at = |k: usize| ranks.iter().filter(|&&r| r < k).count() as f64 / ranks.len().max(1) as f64;
+    Recall {
+        r1: at(1),
+        r5: at(5),
+        r10: at(10),
+    }
+}
+
+fn similarity(a: &Tensor, b: &Tensor) -> Result<Vec<Vec<f64>>, TrainError> {
+    Ok(a.to_dtype(DType::F64)?
+        .matmul(&b.to_dtype(DType::F64)?.t()?)?
+        .to_vec2::<f64>()?)
+}
+
+/// Recall@1/5/10 both ways for row-matched image and text embeddings `(N, D)` (pair i is row i of each).
+pub fn retrieval(image_emb: &Tensor, text_emb: &Tensor) -> Result<Retrieval, TrainError> {
+    let sim = similarity(image_emb, text_emb)?;
+    let n = sim.len();
+    let i2t: Vec<usize> = (0..n).map(|i| rank_of(&sim[i], i)).collect();
+    let t2i: Vec<usize> = (0..n)
+        .map(|j| rank_of(&sim.iter().map(|row| row[j]).collect::<Vec<_>>(), j))
+        .collect();
+    Ok(Retrieval {
+        n,
+        image_to_text: recall(&i2t),
+        text_to_image: recall(&t2i),
+    })
+}
+
+/// One embedding per class: the mean of the class's prompt embeddings (`templates` with `{}` replaced
+/// by the label), renormalised — CLIP's prompt ensembling. `tokenize` turns captions into `(N, L)` ids.
+pub fn class_embeddings<T>(
+    model: &ClipModel,
+    labels: &[String],
+    templates: &[String],
+    tokenize: T,
+) -> Result<Tensor, TrainError>
+where
+    T: Fn(&[String]) -> Result<Tensor, TrainError>,
+{
+    let rows = labels
+        .iter()
+        .map(|label| {
+            let prompts: Vec<String> = templates.iter().map(|t| t.replace("{}", label)).collect();
+            let emb = model.encode_text(&tokenize(&prompts)?)?.detach();
+            Ok(l2_normalize(&emb.mean_keepdim(0)?)?)
+        })
+        .collect::<Result<Vec<_>, TrainError>>()?;
+    Ok(Tensor::cat(&rows, 0)?)
+}
+
+/// Zero-shot accuracy: each image is assigned the class whose embedding is most similar; `truth[i]`
+/// is image i's class index into the rows of `class_emb`.
+pub fn zero_shot_accuracy(
+    image_emb: &Tensor,
+    class_emb: &Tensor,
+    truth: &[usize],
+) -> Result<f64, TrainError> {
+    let sim = similarity(image_emb, class_emb)?;
+    let correct = sim
+        .iter()
+        .zip(truth)
+        .filter(|(row, &t)| rank_of(row, t) == 0)
+        .count();
+    Ok(correct as f64 / truth.len().max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn ties_rank_the_true_candidate_last() {
+        assert_eq!(rank_of(&[0.5, 0.5, 0.1], 0), 1);
+        assert_eq!(rank_of(&[0.9, 0.5, 0.1], 0), 0);
+        assert_eq!(rank_of(&[0.1, 0.5, 0.9], 0), 2);
+    }
+
+    #[test]
+    fn retrieval_counts_recall_at_k_both_ways() {
+        // 3 pairs: pair 0 and 1 are perfectly matched; image 2 is closest to text 0.
+        let img = Tensor::new(
+            &[[1f32, 0.0, 0.0], [0.0, 1.0, 0.0], [0.8, 0.0, 0.6]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let txt = Tensor::new(
+            &[[1f32, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let r = retrieval(&img, &txt).unwrap();
+        assert_eq!(r.n, 3);
+        assert!((r.image_to_text.r1 - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(r.image_to_text.r5, 1.0);
+        // Text 2's best image is image 2 (0.6 vs 0): all three texts retrieve their image.
+        assert_eq!(r.text_to_image.r1, 1.0);
+    }
+
+    #[test]
+    fn zero_shot_picks_the_most_similar_class() {
+        let img = Tensor::new(&[[1f32, 0.0], [0.0, 1.0], [0.6, 0.8]], &Device::Cpu).unwrap();
+        let classes = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &Device::Cpu).unwrap();
+        let acc = zero_shot_accuracy(&img, &classes, &[0, 1, 0]).unwrap();
+        assert!((acc - 2.0 / 3.0).abs() < 1e-12);
+    }
+}

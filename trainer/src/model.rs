@@ -1,0 +1,598 @@
+//! CLIP written from plain, differentiable candle ops: a ViT image tower and a causal text transformer
+//! whose parameters carry Hugging Face `CLIPModel` names, so export is a plain save.
+//!
+//! candle 0.11's fused `LayerNorm`, `layer_norm`, `softmax_last_dim` and `sdpa` have no backward; this
+//! module uses none of them (LayerNorm and softmax are spelled out), which the gradient test checks.
+
+use crate::config::ClipConfig;
+use crate::TrainError;
+use candle_core::{DType, Device, Tensor, Var, D};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeMap, HashMap};
+
+/// LayerNorm epsilon (PyTorch's and Hugging Face CLIP's default).
+pub const LN_EPS: f64 = 1e-5;
+/// Initial `logit_scale`: ln(1 / 0.07), as in the CLIP paper.
+pub const LOGIT_SCALE_INIT: f64 = 2.659_260_036_932_778;
+/// Largest `logit_scale`: ln(100); the paper clips the temperature there to keep training stable.
+pub const LOGIT_SCALE_MAX: f64 = 4.605_170_185_988_092;
+
+type CResult<T> = candle_core::Result<T>;
+
+/// Casts a master weight to the compute dtype; a no-op when they match, so f32 training pays nothing.
+fn cast(t: &Tensor, dtype: DType) -> CResult<Tensor> {
+    if t.dtype() == dtype {
+        Ok(t.clone())
+    } else {
+        t.to_dtype(dtype)
+    }
+}
+
+/// Repeats a vector over `rows` rows as the outer product `ones(rows, 1) · v`, so that the
+/// gradient of `v` is a matrix product (fast gemm) rather than candle's slow reduction over the
+/// leading dimension that `broadcast_add`/`broadcast_mul` backpropagate through.
+fn rows_of(v: &Tensor, rows: usize) -> CResult<Tensor> {
+    let ones = Tensor::ones((rows, 1), v.dtype(), v.device())?;
+    ones.matmul(&v.reshape((1, v.elem_count()))?)
+}
+
+/// Creates the named parameters with a seeded generator, so two runs with one seed start identical
+/// (candle cannot seed its CPU generator).
+struct ParamBuilder {
+    rng: ChaCha8Rng,
+    vars: BTreeMap<String, Var>,
+    dtype: DType,
+    device: Device,
+}
+
+impl ParamBuilder {
+    fn add(&mut self, name: &str, shape: &[usize], values: Vec<f64>) -> CResult<Tensor> {
+        let t = Tensor::from_vec(values, shape, &Device::Cpu)?
+            .to_dtype(self.dtype)?
+            .to_device(&self.device)?;
+        let var = Var::from_tensor(&t)?;
+        let tensor = var.as_tensor().clone();
+        self.vars.insert(name.to_string(), var);
+        Ok(tensor)
+    }
+
+    fn randn(&mut self, name: &str, shape: &[usize], std: f64) -> CResult<Tensor> {
+        let n: usize = shape.iter().product();
+        let values = (0..n).map(|_| std * self.normal()).collect();
+        self.add(name, shape, values)
+    }
+
+    fn constant(&mut self, name: &str, shape: &[usize], value: f64) -> CResult<Tensor> {
+        let n: usize = shape.iter().product();
+        self.add(name, shape, vec![value; n])
+    }
+
+    /// A standard normal draw (Box-Muller).
+    fn normal(&mut self) -> f64 {
+        let u1: f64 = self.rng.random::<f64>().max(f64::MIN_POSITIVE);
+        let u2: f64 = self.rng.random();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
+    fn linear(
+        &mut self,
+        name: &str,
+        out: usize,
+        inp: usize,
+        std: f64,
+        bias: bool,
+    ) -> CResult<Linear> {
+        let w = self.randn(&format!("{name}.weight"), &[out, inp], std)?;
+        let b = match bias {
+            true => Some(self.constant(&format!("{name}.bias"), &[out], 0.0)?),
+            false => None,
+        };
+        Ok(Linear { w, b })
+    }
+
+    fn layer_norm(&mut self, name: &str, width: usize) -> CResult<LayerNorm> {
+        Ok(LayerNorm {
+            g: self.constant(&format!("{name}.weight"), &[width], 1.0)?,
+            b: self.constant(&format!("{name}.bias"), &[width], 0.0)?,
+        })
+    }
+}
+
+/// `y = x Wᵀ + b` over the last dimension of a tensor of any rank.
+struct Linear {
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let dims = x.dims().to_vec();
+        let inner = dims[dims.len() - 1];
+        let rows = x.elem_count() / inner;
+        let w = cast(&self.w, x.dtype())?;
+        let y = x.reshape((rows, inner))?.matmul(&w.t()?)?;
+        let y = match &self.b {
+            Some(b) => (&y + rows_of(&cast(b, x.dtype())?, rows)?)?,
+            None => y,
+        };
+        let mut out = dims;
+        let last = out.len() - 1;
+        out[last] = self.w.dim(0)?;
+        y.reshape(out)
+    }
+}
+
+/// LayerNorm from plain ops (the fused candle kernels have no backward), computed in at least f32.
+struct LayerNorm {
+    g: Tensor,
+    b: Tensor,
+}
+
+impl LayerNorm {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let dtype = x.dtype();
+        let work = match dtype {
+            DType::F64 => DType::F64,
+            _ => DType::F32,
+        };
+        let x = cast(x, work)?;
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let xn = xc.broadcast_div(&(var + LN_EPS)?.sqrt()?)?;
+        let dims = xn.dims().to_vec();
+        let width = dims[dims.len() - 1];
+        let rows = xn.elem_count() / width;
+        let xn = xn.reshape((rows, width))?;
+        let y = ((xn * rows_of(&cast(&self.g, work)?, rows)?)?
+            + rows_of(&cast(&self.b, work)?, rows)?)?;
+        cast(&y.reshape(dims)?, dtype)
+    }
+}
+
+/// Softmax over the last dimension from plain ops; the max is detached because softmax does not
+/// depend on the shift, which keeps it out of the backward graph.
+fn softmax_last(x: &Tensor) -> CResult<Tensor> {
+    let dtype = x.dtype();
+    // bf16 sums lose too much precision over long rows: normalise in f32.
+    let x = match dtype {
+        DType::BF16 | DType::F16 => x.to_dtype(DType::F32)?,
+        _ => x.clone(),
+    };
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    cast(&e.broadcast_div(&sum)?, dtype)
+}
+
+/// Multi-head self-attention with Hugging Face's separate q/k/v projections.
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> CResult<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let hd = c / self.heads;
+        // One matmul for q, k and v (their weights stacked), then split per head.
+        let qkv = Linear {
+            w: Tensor::cat(&[&self.q.w, &self.k.w, &self.v.w], 0)?,
+            b: Some(Tensor::cat(
+                &[self.q.b.as_ref(), self.k.b.as_ref(), self.v.b.as_ref()]
+                    .map(|b| b.expect("attention projections have biases")),
+                0,
+            )?),
+        }
+        .forward(x)?
+        .reshape((b, t, 3, self.heads, hd))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?;
+        let q = (qkv.get(0)? * (1.0 / (hd as f64).sqrt()))?;
+        let (k, v) = (qkv.get(1)?, qkv.get(2)?);
+        let scores = q.matmul(&k.t()?)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let p = softmax_last(&scores)?;
+        let o = p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
+        self.out.forward(&o)
+    }
+}
+
+/// A pre-LN transformer block: `x + attn(ln1 x)`, then `x + mlp(ln2 x)`.
+struct Block {
+    ln1: LayerNorm,
+    attn: Attention,
+    ln2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    quick_gelu: bool,
+}
+
+impl Block {
+    fn build(
+        pb: &mut ParamBuilder,
+        name: &str,
+        width: usize,
+        heads: usize,
+        mlp: usize,
+        layers: usize,
+        quick_gelu: bool,
+    ) -> CResult<Block> {
+        // open_clip's text-tower init, used for both towers.
+        let attn_std = (width as f64).powf(-0.5);
+        let proj_std = attn_std * ((2 * layers) as f64).powf(-0.5);
+        let fc_std = ((2 * width) as f64).powf(-0.5);
+        let a = format!("{name}.self_attn");
+        Ok(Block {
+            ln1: pb.layer_norm(&format!("{name}.layer_norm1"), width)?,
+            attn: Attention {
+                q: pb.linear(&format!("{a}.q_proj"), width, width, attn_std, true)?,
+                k: pb.linear(&format!("{a}.k_proj"), width, width, attn_std, true)?,
+                v: pb.linear(&format!("{a}.v_proj"), width, width, attn_std, true)?,
+                out: pb.linear(&format!("{a}.out_proj"), width, width, proj_std, true)?,
+                heads,
+            },
+            ln2: pb.layer_norm(&format!("{name}.layer_norm2"), width)?,
+            fc1: pb.linear(&format!("{name}.mlp.fc1"), mlp, width, fc_std, true)?,
+            fc2: pb.linear(&format!("{name}.mlp.fc2"), width, mlp, proj_std, true)?,
+            quick_gelu,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> CResult<Tensor> {
+        let x = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
+        let h = self.fc1.forward(&self.ln2.forward(&x)?)?;
+        let h = match self.quick_gelu {
+            true => (&h * (h.affine(-1.702, 0.0)?.exp()? + 1.0)?.recip()?)?,
+            false => h.gelu_erf()?,
+        };
+        x + self.fc2.forward(&h)?
+    }
+}
+
+fn build_blocks(
+    pb: &mut ParamBuilder,
+    prefix: &str,
+    layers: usize,
+    width: usize,
+    heads: usize,
+    mlp: usize,
+    quick_gelu: bool,
+) -> CResult<Vec<Block>> {
+    (0..layers)
+        .map(|i| {
+            Block::build(
+                pb,
+                &format!("{prefix}.encoder.layers.{i}"),
+                width,
+                heads,
+                mlp,
+                layers,
+                quick_gelu,
+            )
+        })
+        .collect()
+}
+
+/// The ViT image tower: patches → tokens, class token, positions, `ln_pre`, blocks, `ln_post`, projection.
+struct VisionTower {
+    patch: Tensor,
+    class: Tensor,
+    pos: Tensor,
+    ln_pre: LayerNorm,
+    blocks: Vec<Block>,
+    ln_post: LayerNorm,
+    proj: Linear,
+    patch_size: usize,
+    grid: usize,
+}
+
+impl VisionTower {
+    fn build(pb: &mut ParamBuilder, cfg: &ClipConfig) -> CResult<VisionTower> {
+        let v = &cfg.vision_cfg;
+        let scale = (v.width as f64).powf(-0.5);
+        let p = "vision_model";
+        Ok(VisionTower {
+            patch: pb.randn(
+                &format!("{p}.embeddings.patch_embedding.weight"),
+                &[v.width, 3, v.patch_size, v.patch_size],
+                (3.0 * (v.patch_size * v.patch_size) as f64).powf(-0.5),
+            )?,
+            class: pb.randn(
+                &format!("{p}.embeddings.class_embedding"),
+                &[v.width],
+                scale,
+            )?,
+            pos: pb.randn(
+                &format!("{p}.embeddings.position_embedding.weight"),
+                &[v.grid() * v.grid() + 1, v.width],
+                scale,
+            )?,
+            ln_pre: pb.layer_norm(&format!("{p}.pre_layrnorm"), v.width)?,
+            blocks: build_blocks(
+                pb,
+                p,
+                v.layers,
+                v.width,
+                v.num_heads(),
+                cfg.vision_mlp(),
+                cfg.quick_gelu,
+            )?,
+            ln_post: pb.layer_norm(&format!("{p}.post_layernorm"), v.width)?,
+            proj: pb.linear("visual_projection", cfg.embed_dim, v.width, scale, false)?,
+            patch_size: v.patch_size,
+            grid: v.grid(),
+        })
+    }
+
+    fn forward(&self, images: &Tensor, dtype: DType) -> CResult<Tensor> {
+        let (b, _, _, _) = images.dims4()?;
+        let (g, p) = (self.grid, self.patch_size);
+        let width = self.class.dim(0)?;
+        // Patch embedding as reshape + matmul: the same numbers as a stride-p convolution.
+        let x = cast(images, dtype)?
+            .reshape((b, 3, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b, g * g, 3 * p * p))?;
+        let w = cast(&self.patch, dtype)?.reshape((width, 3 * p * p))?;
+        let x = Linear { w, b: None }.forward(&x)?;
+        let cls = cast(&self.class, dtype)?
+            .reshape((1, 1, width))?
+            .broadcast_as((b, 1, width))?;
+        let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&cast(&self.pos, dtype)?)?;
+        let mut x = self.ln_pre.forward(&x)?;
+        for block in &self.blocks {
+            x = block.forward(&x, None)?;
+        }
+        let cls = self.ln_post.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?;
+        self.proj.forward(&cls)
+    }
+}
+
+/// The text tower: token + position embeddings, causal blocks, final LayerNorm, features at end-of-text.
+struct TextTower {
+    token: Tensor,
+    pos: Tensor,
+    blocks: Vec<Block>,
+    ln_final: LayerNorm,
+    proj: Linear,
+    context: usize,
+    eot: Option<u32>,
+}
+
+impl TextTower {
+    fn build(pb: &mut ParamBuilder, cfg: &ClipConfig) -> CResult<TextTower> {
+        let t = &cfg.text_cfg;
+        let p = "text_model";
+        Ok(TextTower {
+            token: pb.randn(
+                &format!("{p}.embeddings.token_embedding.weight"),
+                &[t.vocab_size, t.width],
+                0.02,
+            )?,
+            pos: pb.randn(
+                &format!("{p}.embeddings.position_embedding.weight"),
+                &[t.context_length, t.width],
+                0.01,
+            )?,
+            blocks: build_blocks(
+                pb,
+                p,
+                t.layers,
+                t.width,
+                t.heads,
+                cfg.text_mlp(),
+                cfg.quick_gelu,
+            )?,
+            ln_final: pb.layer_norm(&format!("{p}.final_layer_norm"), t.width)?,
+            proj: pb.linear(
+                "text_projection",
+                cfg.embed_dim,
+                t.width,
+                (t.width as f64).powf(-0.5),
+                false,
+            )?,
+            context: t.context_length,
+            eot: t.eot_token_id,
+        })
+    }
+
+    /// Row-major positions of each row's end-of-text token in the flattened (B*T) token grid.
+    fn eot_rows(&self, tokens: &[Vec<u32>]) -> Vec<u32> {
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let pos = match self.eot {
+                    Some(id) => row.iter().position(|&t| t == id).unwrap_or(row.len() - 1),
+                    None => (0..row.len()).rev().max_by_key(|&j| row[j]).unwrap_or(0),
+                };
+                (i * row.len() + pos) as u32
+            })
+            .collect()
+    }
+
+    fn forward(&self, tokens: &Tensor, dtype: DType) -> CResult<Tensor> {
+        let (b, len) = tokens.dims2()?;
+        let t = len.min(self.context);
+        let tokens = tokens.narrow(1, 0, t)?.to_dtype(DType::U32)?;
+        let rows = tokens.to_vec2::<u32>()?;
+        let device = tokens.device();
+        let width = self.token.dim(1)?;
+        let x = cast(&self.token, dtype)?
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((b, t, width))?
+            .broadcast_add(&cast(&self.pos.narrow(0, 0, t)?, dtype)?)?;
+        let mask = causal_mask(t, dtype, device)?;
+        let mut x = x;
+        for block in &self.blocks {
+            x = block.forward(&x, Some(&mask))?;
+        }
+        let x = self.ln_final.forward(&x)?;
+        let idx = Tensor::new(self.eot_rows(&rows), device)?;
+        let x = x.reshape((b * t, width))?.index_select(&idx, 0)?;
+        self.proj.forward(&x)
+    }
+}
+
+/// `-inf` above the diagonal: token i attends to tokens 0..=i only.
+fn causal_mask(t: usize, dtype: DType, device: &Device) -> CResult<Tensor> {
+    let values: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(values, (t, t), device)?.to_dtype(dtype)
+}
+
+/// Scales rows to unit L2 norm, so the image-text dot product is the cosine similarity.
+pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+    x.broadcast_div(&norm)
+}
+
+/// A trainable CLIP. Parameters are f32 (or f64 for reference checks) master `Var`s; the forward pass
+/// casts them to `compute_dtype` (bf16 on CUDA), so gradients land on the master weights.
+pub struct ClipModel {
+    cfg: ClipConfig,
+    vars: BTreeMap<String, Var>,
+    vision: VisionTower,
+    text: TextTower,
+    logit_scale: Tensor,
+    compute_dtype: DType,
+}
+
+impl ClipModel {
+    /// Builds a freshly initialised model (open_clip's init), reproducible from `seed`.
+    pub fn new(
+        cfg: &ClipConfig,
+        seed: u64,
+        param_dtype: DType,
+        device: &Device,
+    ) -> Result<ClipModel, TrainError> {
+        cfg.validate()?;
+        let mut pb = ParamBuilder {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            vars: BTreeMap::new(),
+            dtype: param_dtype,
+            device: device.clone(),
+        };
+        let vision = VisionTower::build(&mut pb, cfg)?;
+        let text = TextTower::build(&mut pb, cfg)?;
+        let logit_scale = pb.add("logit_scale", &[], vec![LOGIT_SCALE_INIT])?;
+        Ok(ClipModel {
+            cfg: cfg.clone(),
+            vars: pb.vars,
+            vision,
+            text,
+            logit_scale,
+            compute_dtype: param_dtype,
+        })
+    }
+
+    /// Chooses the dtype of the forward pass (e.g. bf16 on CUDA); master weights stay as they are.
+    pub fn set_compute_dtype(&mut self, dtype: DType) {
+        self.compute_dtype = dtype;
+    }
+
+    /// The dtype of the master weights.
+    pub fn param_dtype(&self) -> DType {
+        self.logit_scale.dtype()
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &ClipConfig {
+        &self.cfg
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.logit_scale.device()
+    }
+
+    /// Every trainable tensor by its Hugging Face CLIP name, sorted by name (a stable order for the
+    /// optimiser and for checkpoints).
+    pub fn vars(&self) -> &BTreeMap<String, Var> {
+        &self.vars
+    }
+
+    /// Unnormalised image features `(B, embed_dim)` in the master dtype. Input `(B, 3, H, W)`.
+    pub fn image_features(&self, images: &Tensor) -> Result<Tensor, TrainError> {
+        let x = self.vision.forward(images, self.compute_dtype)?;
+        Ok(cast(&x, self.param_dtype())?)
+    }
+
+    /// Unnormalised text features `(B, embed_dim)` in the master dtype. Input `(B, L)` token ids.
+    pub fn text_features(&self, tokens: &Tensor) -> Result<Tensor, TrainError> {
+        let x = self.text.forward(tokens, self.compute_dtype)?;
+        Ok(cast(&x, self.param_dtype())?)
+    }
+
+    /// L2-normalised image embeddings `(B, embed_dim)`: what retrieval and the loss compare.
+    pub fn encode_image(&self, images: &Tensor) -> Result<Tensor, TrainError> {
+        Ok(l2_normalize(&self.image_features(images)?)?)
+    }
+
+    /// L2-normalised text embeddings `(B, embed_dim)`.
+    pub fn encode_text(&self, tokens: &Tensor) -> Result<Tensor, TrainError> {
+        Ok(l2_normalize(&self.text_features(tokens)?)?)
+    }
+
+    /// The learnable log temperature (rank 0).
+    pub fn logit_scale(&self) -> &Tensor {
+        &self.logit_scale
+    }
+
+    /// Copies weights in by name (a checkpoint or an export); every parameter must be present with its shape.
+    pub fn load_tensors(&self, tensors: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+        for (name, var) in &self.vars {
+            let t = tensors.get(name).ok_or_else(|| {
+                TrainError::Checkpoint(format!(
+                    "weights lack {name}; the checkpoint was written for another config"
+                ))
+            })?;
+            if t.dims() != var.dims() {
+                return Err(TrainError::Checkpoint(format!(
+                    "{name} has shape {:?} in the file but {:?} in the config; use the config the checkpoint was trained with",
+                    t.dims(),
+                    var.dims()
+                )));
+            }
+            var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+        }
+        Ok(())
+    }
+
+    /// Saves the weights under their Hugging Face names in f32 safetensors.
+    pub fn save_weights(&self, path: &std::path::Path) -> Result<(), TrainError> {
+        let tensors = self
+            .vars
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_dtype(DType::F32)?)))
+            .collect::<Result<HashMap<_, _>, candle_core::Error>>()?;
+        crate::checkpoint::save_atomic(&tensors, path)
+    }
+}
+
+/// The CLIP loss: symmetric cross-entropy over the `B × B` cosine-similarity logits scaled by
+/// `exp(logit_scale)`; row i's positive is column i.
+pub fn clip_loss(
+    image: &Tensor,
+    text: &Tensor,
+    logit_scale: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let n = image.dim(0)?;
+    let logits = image
+        .matmul(&text.t()?)?
+        .broadcast_mul(&logit_scale.exp()?)?;
+    let labels = Tensor::arange(0u32, n as u32, image.device())?;
+    let a = candle_nn::loss::cross_entropy(&logits, &labels)?;
+    let b = candle_nn::loss::cross_entropy(&logits.t()?.contiguous()?, &labels)?;
+    (a + b)? * 0.5
+}

@@ -1,0 +1,238 @@
+//! AdamW with open_clip's parameter groups, the warmup + cosine schedule, and global-norm clipping.
+//!
+//! Written here rather than using `candle_nn::AdamW` because open_clip exempts 1-D tensors from weight
+//! decay (candle's has one group) and because checkpoints must carry the moments to resume identically.
+
+use candle_core::{Tensor, Var};
+use std::collections::BTreeMap;
+
+type CResult<T> = candle_core::Result<T>;
+
+/// AdamW hyper-parameters; the defaults are open_clip's for ViT models.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdamWConfig {
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Added to the root of the second moment.
+    pub eps: f64,
+    /// Decoupled weight decay applied to tensors with two or more dimensions.
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-6,
+            weight_decay: 0.2,
+        }
+    }
+}
+
+/// One parameter's optimiser slot.
+struct Slot {
+    var: Var,
+    m: Tensor,
+    v: Tensor,
+    decay: bool,
+}
+
+/// AdamW over named `Var`s (PyTorch's update rule), decaying only tensors of rank ≥ 2 — open_clip's
+/// rule that keeps gains, biases, `logit_scale` and the class embedding out of weight decay.
+pub struct AdamW {
+    cfg: AdamWConfig,
+    slots: BTreeMap<String, Slot>,
+    t: u64,
+}
+
+impl AdamW {
+    /// Zero moments for every variable.
+    pub fn new(vars: &BTreeMap<String, Var>, cfg: AdamWConfig) -> CResult<AdamW> {
+        let slots = vars
+            .iter()
+            .map(|(name, var)| {
+                let slot = Slot {
+                    var: var.clone(),
+                    m: var.zeros_like()?,
+                    v: var.zeros_like()?,
+                    decay: var.rank() >= 2,
+                };
+                Ok((name.clone(), slot))
+            })
+            .collect::<CResult<_>>()?;
+        Ok(AdamW { cfg, slots, t: 0 })
+    }
+
+    /// Whether `name` is weight-decayed (rank ≥ 2); `None` for an unknown name.
+    pub fn decays(&self, name: &str) -> Option<bool> {
+        self.slots.get(name).map(|s| s.decay)
+    }
+
+    /// Steps taken so far (the bias-correction counter).
+    pub fn steps(&self) -> u64 {
+        self.t
+    }
+
+    /// One update at learning rate `lr` with gradients by parameter name; parameters without a
+    /// gradient are left alone (their moments too).
+    pub fn step(&mut self, grads: &BTreeMap<String, Tensor>, lr: f64) -> CResult<()> {
+        self.t += 1;
+        let c = &self.cfg;
+        let bc1 = 1.0 - c.beta1.powi(self.t as i32);
+        let bc2 = 1.0 - c.beta2.powi(self.t as i32);
+        for (name, slot) in self.slots.iter_mut() {
+            let Some(g) = grads.get(name) else { continue };
+            slot.m = ((&slot.m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+            slot.v = ((&slot.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let m_hat = (&slot.m / bc1)?;
+            let v_hat = (&slot.v / bc2)?;
+            let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
+            let p = slot.var.as_tensor();
+            let p = match slot.decay {
+                true => (p * (1.0 - lr * c.weight_decay))?,
+                false => p.clone(),
+            };
+            slot.var.set(&(p - (update * lr)?)?)?;
+        }
+        Ok(())
+    }
+
+    /// The moments as named tensors (`adam.m.<param>`, `adam.v.<param>`) for a checkpoint.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        self.slots
+            .iter()
+            .flat_map(|(n, s)| {
+                [
+                    (format!("adam.m.{n}"), s.m.clone()),
+                    (format!("adam.v.{n}"), s.v.clone()),
+                ]
+            })
+            .collect()
+    }
+
+    /// Restores the moments and step counter written by `state_tensors`.
+    pub fn load_state(
+        &mut self,
+        tensors: &std::collections::HashMap<String, Tensor>,
+        t: u64,
+    ) -> Result<(), crate::TrainError> {
+        for (name, slot) in self.slots.iter_mut() {
+            let get = |kind: &str| {
+                tensors.get(&format!("adam.{kind}.{name}")).ok_or_else(|| {
+                    crate::TrainError::Checkpoint(format!(
+                        "optimiser state lacks adam.{kind}.{name}; the checkpoint is incomplete"
+                    ))
+                })
+            };
+            let dev = slot.var.device();
+            slot.m = get("m")?.to_dtype(slot.var.dtype())?.to_device(dev)?;
+            slot.v = get("v")?.to_dtype(slot.var.dtype())?.to_device(dev)?;
+        }
+        self.t = t;
+        Ok(())
+    }
+}
+
+/// open_clip's `cosine_lr`: linear warmup over `warmup` steps to `base`, then a cosine to zero at `total`.
+pub fn cosine_lr(step: u64, base: f64, warmup: u64, total: u64) -> f64 {
+    if step < warmup {
+        return base * (step + 1) as f64 / warmup as f64;
+    }
+    let e = (step - warmup) as f64;
+    let es = total.saturating_sub(warmup).max(1) as f64;
+    0.5 * (1.0 + (std::f64::consts::PI * (e / es).min(1.0)).cos()) * base
+}
+
+/// Scales the gradients so their global L2 norm is at most `max_norm` (PyTorch's `clip_grad_norm_`);
+/// returns the norm before clipping.
+pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> CResult<f64> {
+    let mut total: Option<Tensor> = None;
+    for g in grads.values() {
+        let s = g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?;
+        total = Some(match total {
+            Some(t) => (t + s)?,
+            None => s,
+        });
+    }
+    let norm = match total {
+        Some(t) => t.to_scalar::<f64>()?.sqrt(),
+        None => 0.0,
+    };
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for g in grads.values_mut() {
+            *g = (&*g * coef)?;
+        }
+    }
+    Ok(norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn schedule_warms_up_linearly_then_follows_the_cosine_to_zero() {
+        assert!((cosine_lr(0, 1.0, 10, 110) - 0.1).abs() < 1e-12);
+        assert!((cosine_lr(9, 1.0, 10, 110) - 1.0).abs() < 1e-12);
+        assert!((cosine_lr(10, 1.0, 10, 110) - 1.0).abs() < 1e-12);
+        assert!((cosine_lr(60, 1.0, 10, 110) - 0.5).abs() < 1e-12);
+        assert!(cosine_lr(110, 1.0, 10, 110).abs() < 1e-12);
+    }
+
+    #[test]
+    fn clipping_scales_to_the_global_norm() {
+        let dev = Device::Cpu;
+        let mut g = BTreeMap::new();
+        g.insert("a".to_string(), Tensor::new(&[3f64, 0.0], &dev).unwrap());
+        g.insert("b".to_string(), Tensor::new(&[[4f64]], &dev).unwrap());
+        let norm = clip_grad_norm(&mut g, 1.0).unwrap();
+        assert!((norm - 5.0).abs() < 1e-12);
+        assert!((g["a"].to_vec1::<f64>().unwrap()[0] - 0.6).abs() < 1e-6);
+        assert!((g["b"].to_vec2::<f64>().unwrap()[0][0] - 0.8).abs() < 1e-6);
+        let norm = clip_grad_norm(&mut g, 10.0).unwrap();
+        assert!(
+            (norm - 1.0).abs() < 1e-5 && (g["a"].to_vec1::<f64>().unwrap()[0] - 0.6).abs() < 1e-6
+        );
+    }
+
+    #[test]
+    fn adamw_matches_pytorch_update_and_skips_decay_on_vectors() {
+        let dev = Device::Cpu;
+        let mut vars = BTreeMap::new();
+        vars.insert("w".to_string(), Var::new(&[[1.0f64, -2.0]], &dev).unwrap());
+        vars.insert("b".to_string(), Var::new(&[1.0f64, -2.0], &dev).unwrap());
+        let cfg = AdamWConfig::default();
+        let mut opt = AdamW::new(&vars, cfg.clone()).unwrap();
+        let mut grads = BTreeMap::new();
+        grads.insert(
+            "w".to_string(),
+            Tensor::new(&[[0.5f64, 0.25]], &dev).unwrap(),
+        );
+        grads.insert("b".to_string(), Tensor::new(&[0.5f64, 0.25], &dev).unwrap());
+        let lr = 0.1;
+        opt.step(&grads, lr).unwrap();
+        opt.step(&grads, lr).unwrap();
+        // By hand: a constant gradient g gives m̂ = g, v̂ = g², so each step moves by lr·g/(|g|+eps).
+        for (p0, g) in [(1.0f64, 0.5f64), (-2.0, 0.25)] {
+            let step = lr * g / (g.abs() + cfg.eps);
+            let decayed = ((p0 * (1.0 - lr * cfg.weight_decay)) - step)
+                * (1.0 - lr * cfg.weight_decay)
+                - step;
+            let plain = p0 - 2.0 * step;
+            let w = vars["w"].as_tensor().to_vec2::<f64>().unwrap()[0].clone();
+            let b = vars["b"].as_tensor().to_vec1::<f64>().unwrap();
+            let i = if p0 > 0.0 { 0 } else { 1 };
+            assert!(
+                (w[i] - decayed).abs() < 1e-12,
+                "w[{i}] {} vs {decayed}",
+                w[i]
+            );
+            assert!((b[i] - plain).abs() < 1e-12, "b[{i}] {} vs {plain}", b[i]);
+        }
+    }
+}

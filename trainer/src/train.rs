@@ -1,0 +1,344 @@
+//! The training step: open_clip's contrastive recipe with gradient accumulation, clipping, AdamW and
+//! the warmup + cosine schedule; and a loop that feeds it micro-batches and reports every step.
+
+use crate::checkpoint;
+use crate::config::ClipConfig;
+use crate::model::{clip_loss, l2_normalize, ClipModel, LOGIT_SCALE_MAX};
+use crate::optim::{clip_grad_norm, cosine_lr, AdamW, AdamWConfig};
+use crate::TrainError;
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// How to train: schedule, optimiser, accumulation. Serialised into checkpoints so a resume keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Optimiser steps in the whole run (the cosine reaches zero here).
+    pub steps: u64,
+    /// Peak learning rate (open_clip: 5e-4).
+    pub lr: f64,
+    /// Linear warmup steps.
+    pub warmup: u64,
+    /// Micro-batches per optimiser step; the contrastive batch spans all of them.
+    pub accum: usize,
+    /// Clip the global gradient norm to this; `None` disables clipping.
+    pub max_grad_norm: Option<f64>,
+    /// AdamW hyper-parameters.
+    pub adamw: AdamWConfig,
+    /// Seed of the weight initialisation.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 1000,
+            lr: 5e-4,
+            warmup: 100,
+            accum: 1,
+            max_grad_norm: Some(1.0),
+            adamw: AdamWConfig::default(),
+            seed: 0,
+        }
+    }
+}
+
+/// One micro-batch of matched pairs: row i of `images` goes with row i of `tokens`.
+#[derive(Clone, Debug)]
+pub struct MicroBatch {
+    /// `(B, 3, H, W)` float images, already normalised.
+    pub images: Tensor,
+    /// `(B, L)` token ids; `L` may exceed the model's context (it is cut).
+    pub tokens: Tensor,
+}
+
+/// What one optimiser step did, for logs and progress bars.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepStats {
+    /// 1-based number of the step just taken.
+    pub step: u64,
+    /// Contrastive loss over the whole accumulated batch, before the update.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// `logit_scale` after the update (the log of the inverse temperature).
+    pub logit_scale: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Pairs in the contrastive batch.
+    pub samples: usize,
+    /// Pairs per second of this step.
+    pub samples_per_s: f64,
+}
+
+/// Loss and gradients by parameter name.
+pub struct Gradients {
+    /// The contrastive loss.
+    pub loss: f64,
+    /// Gradient of every parameter that received one.
+    pub grads: BTreeMap<String, Tensor>,
+}
+
+/// The model, its optimiser and the step counter: everything a checkpoint must hold.
+pub struct Trainer {
+    model: ClipModel,
+    opt: AdamW,
+    cfg: TrainConfig,
+    step: u64,
+}
+
+impl Trainer {
+    /// A fresh model on `device`: f32 master weights; bf16 compute on CUDA.
+    pub fn new(
+        clip: &ClipConfig,
+        cfg: TrainConfig,
+        device: &Device,
+    ) -> Result<Trainer, TrainError> {
+        Trainer::with_dtype(clip, cfg, device, DType::F32)
+    }
+
+    /// Like `new` with master weights of `param_dtype` (f64 for reference checks).
+    pub fn with_dtype(
+        clip: &ClipConfig,
+        cfg: TrainConfig,
+        device: &Device,
+        param_dtype: DType,
+    ) -> Result<Trainer, TrainError> {
+        if cfg.accum == 0 {
+            return Err(TrainError::Config("accum must be at least 1".into()));
+        }
+        let mut model = ClipModel::new(clip, cfg.seed, param_dtype, device)?;
+        if device.is_cuda() {
+            model.set_compute_dtype(DType::BF16);
+        }
+        let opt = AdamW::new(model.vars(), cfg.adamw.clone())?;
+        Ok(Trainer {
+            model,
+            opt,
+            cfg,
+            step: 0,
+        })
+    }
+
+    /// Chooses the forward pass's dtype (bf16 is the default on CUDA); master weights, gradients
+    /// and optimiser state stay in the master dtype.
+    pub fn set_compute_dtype(&mut self, dtype: DType) {
+        self.model.set_compute_dtype(dtype);
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &ClipModel {
+        &self.model
+    }
+
+    /// The training configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// The optimiser (exposed so tests can check which tensors it decays).
+    pub fn optimizer(&self) -> &AdamW {
+        &self.opt
+    }
+
+    /// Optimiser steps taken so far.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// Loss and gradients of the whole accumulated batch, computed open_clip's way: features of
+    /// every micro-batch are first computed without a graph, then each micro-batch is recomputed
+    /// with its graph and placed among the cached others, so the gradients sum to those of one big
+    /// batch while only one micro-batch's activations are alive at a time.
+    pub fn gradients(&self, micro: &[MicroBatch]) -> Result<Gradients, TrainError> {
+        let m = &self.model;
+        if micro.len() == 1 {
+            let img = m.encode_image(&micro[0].images)?;
+            let txt = m.encode_text(&micro[0].tokens)?;
+            let loss = clip_loss(&img, &txt, m.logit_scale())?;
+            let grads = self.collect(&loss.backward()?);
+            return Ok(Gradients {
+                loss: scalar(&loss)?,
+                grads,
+            });
+        }
+        let cached = micro
+            .iter()
+            .map(|b| {
+                Ok((
+                    m.encode_image(&b.images)?.detach(),
+                    m.encode_text(&b.tokens)?.detach(),
+                ))
+            })
+            .collect::<Result<Vec<_>, TrainError>>()?;
+        let mut total: BTreeMap<String, Tensor> = BTreeMap::new();
+        let mut loss_value = 0.0;
+        for (j, batch) in micro.iter().enumerate() {
+            let img = m.encode_image(&batch.images)?;
+            let txt = m.encode_text(&batch.tokens)?;
+            let imgs: Vec<&Tensor> = cached
+                .iter()
+                .enumerate()
+                .map(|(i, c)| if i == j { &img } else { &c.0 })
+                .collect();
+            let txts: Vec<&Tensor> = cached
+                .iter()
+                .enumerate()
+                .map(|(i, c)| if i == j { &txt } else { &c.1 })
+                .collect();
+            // logit_scale feeds every micro-step's loss; let only the first count it so the sum is exact.
+            let scale = if j == 0 {
+                m.logit_scale().clone()
+            } else {
+                m.logit_scale().detach()
+            };
+            let loss = clip_loss(&Tensor::cat(&imgs, 0)?, &Tensor::cat(&txts, 0)?, &scale)?;
+            if j == 0 {
+                loss_value = scalar(&loss)?;
+            }
+            for (name, g) in self.collect(&loss.backward()?) {
+                let sum = match total.remove(&name) {
+                    Some(prev) => (prev + g)?,
+                    None => g,
+                };
+                total.insert(name, sum);
+            }
+        }
+        Ok(Gradients {
+            loss: loss_value,
+            grads: total,
+        })
+    }
+
+    fn collect(&self, store: &candle_core::backprop::GradStore) -> BTreeMap<String, Tensor> {
+        self.model
+            .vars()
+            .iter()
+            .filter_map(|(name, var)| {
+                store
+                    .get(var.as_tensor())
+                    .map(|g| (name.clone(), g.clone()))
+            })
+            .collect()
+    }
+
+    /// One optimiser step on `micro` (`accum` micro-batches): gradients, clipping, AdamW at the
+    /// scheduled rate, then `logit_scale` clamped to [0, ln 100].
+    pub fn step(&mut self, micro: &[MicroBatch]) -> Result<StepStats, TrainError> {
+        let start = Instant::now();
+        let samples = micro
+            .iter()
+            .map(|b| b.images.dim(0))
+            .sum::<candle_core::Result<usize>>()?;
+        let Gradients { loss, mut grads } = self.gradients(micro)?;
+        if !loss.is_finite() {
+            return Err(TrainError::Diverged {
+                step: self.step + 1,
+                loss,
+            });
+        }
+        let grad_norm = match self.cfg.max_grad_norm {
+            Some(max) => clip_grad_norm(&mut grads, max)?,
+            None => clip_grad_norm(&mut grads, f64::INFINITY)?,
+        };
+        let lr = cosine_lr(self.step, self.cfg.lr, self.cfg.warmup, self.cfg.steps);
+        self.opt.step(&grads, lr)?;
+        let scale_var = &self.model.vars()["logit_scale"];
+        scale_var.set(&scale_var.as_tensor().clamp(0.0, LOGIT_SCALE_MAX)?)?;
+        self.step += 1;
+        let logit_scale = scalar(self.model.logit_scale())?;
+        Ok(StepStats {
+            step: self.step,
+            loss,
+            lr,
+            logit_scale,
+            grad_norm,
+            samples,
+            samples_per_s: samples as f64 / start.elapsed().as_secs_f64().max(1e-9),
+        })
+    }
+
+    /// Trains until `steps` steps are done or `batches` runs dry, grouping `accum` micro-batches per
+    /// step; `on_step` sees every step and may stop the run early by returning `false`.
+    pub fn run<I, F>(&mut self, batches: I, mut on_step: F) -> Result<(), TrainError>
+    where
+        I: IntoIterator<Item = Result<MicroBatch, TrainError>>,
+        F: FnMut(&Trainer, &StepStats) -> Result<bool, TrainError>,
+    {
+        let mut batches = batches.into_iter();
+        while self.step < self.cfg.steps {
+            let micro = batches
+                .by_ref()
+                .take(self.cfg.accum)
+                .collect::<Result<Vec<_>, _>>()?;
+            if micro.len() < self.cfg.accum {
+                break;
+            }
+            let stats = self.step(&micro)?;
+            if !on_step(self, &stats)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint into `dir`: the Hugging Face export (`model.safetensors`, `config.json`),
+    /// the optimiser moments (`optimizer.safetensors`) and `trainer_state.json` carrying the step,
+    /// the training config and `extra` (e.g. the loader's state). The state file is written last, so a
+    /// crash mid-save leaves the previous checkpoint readable or a torn one that `resume` rejects.
+    pub fn save(&self, dir: &Path, extra: serde_json::Value) -> Result<(), TrainError> {
+        checkpoint::save(self, dir, extra)
+    }
+
+    /// Reopens a checkpoint written by `save`; returns the trainer and the `extra` value saved with it.
+    pub fn resume(dir: &Path, device: &Device) -> Result<(Trainer, serde_json::Value), TrainError> {
+        checkpoint::resume(dir, device)
+    }
+
+    pub(crate) fn parts_mut(&mut self) -> (&mut ClipModel, &mut AdamW, &mut u64) {
+        (&mut self.model, &mut self.opt, &mut self.step)
+    }
+}
+
+fn scalar(t: &Tensor) -> Result<f64, TrainError> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// Trains a fresh model of `clip` on `batches` with `cfg` (the library entry the demo calls).
+pub fn train<I, F>(
+    clip: &ClipConfig,
+    cfg: TrainConfig,
+    device: &Device,
+    batches: I,
+    on_step: F,
+) -> Result<Trainer, TrainError>
+where
+    I: IntoIterator<Item = Result<MicroBatch, TrainError>>,
+    F: FnMut(&Trainer, &StepStats) -> Result<bool, TrainError>,
+{
+    let mut trainer = Trainer::new(clip, cfg, device)?;
+    trainer.run(batches, on_step)?;
+    Ok(trainer)
+}
+
+/// Embeds images and texts batch by batch without gradients (for evaluation).
+pub fn embed(
+    model: &ClipModel,
+    batches: impl IntoIterator<Item = Result<MicroBatch, TrainError>>,
+) -> Result<(Tensor, Tensor), TrainError> {
+    let mut imgs = Vec::new();
+    let mut txts = Vec::new();
+    for b in batches {
+        let b = b?;
+        imgs.push(l2_normalize(&model.image_features(&b.images)?.detach())?);
+        txts.push(l2_normalize(&model.text_features(&b.tokens)?.detach())?);
+    }
+    if imgs.is_empty() {
+        return Err(TrainError::Data(
+            "no evaluation pairs: the data yielded no batch".into(),
+        ));
+    }
+    Ok((Tensor::cat(&imgs, 0)?, Tensor::cat(&txts, 0)?))
+}

@@ -1,0 +1,446 @@
+//! Training correctness: gradients reach every tensor (the fused-kernel trap), f32 matches an f64
+//! reference and finite differences, accumulation equals one big batch, resume is exact, and a small
+//! model learns a synthetic task far above chance.
+
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+use wit_trainer::{ClipConfig, MicroBatch, TextConfig, TrainConfig, Trainer, VisionConfig};
+
+/// A CLIP small enough to run many steps in a test: 16 px images in 4 px patches, 8-token captions.
+fn micro_config() -> ClipConfig {
+    ClipConfig {
+        embed_dim: 16,
+        vision_cfg: VisionConfig {
+            image_size: 16,
+            layers: 2,
+            width: 32,
+            patch_size: 4,
+            heads: Some(2),
+            mlp_ratio: 2.0,
+            head_width: 64,
+        },
+        text_cfg: TextConfig {
+            context_length: 8,
+            vocab_size: 16,
+            width: 32,
+            heads: 2,
+            layers: 2,
+            mlp_ratio: 2.0,
+            eot_token_id: None,
+        },
+        quick_gelu: false,
+    }
+}
+
+/// The synthetic task: class `c` has 6 bits; bit i brightens one of 6 image regions (plus noise) and
+/// writes token `1 + 2i + bit` into the caption, which ends with the end-of-text token 15 (the
+/// highest id). Captions of different classes differ, so retrieval can be scored exactly.
+fn pair(c: usize, rng: &mut ChaCha8Rng) -> (Vec<f32>, Vec<u32>) {
+    let mut img = vec![0f32; 3 * 16 * 16];
+    for (k, px) in img.iter_mut().enumerate() {
+        let (ch, y, x) = (k / 256, (k / 16) % 16, k % 16);
+        let region = (y / 8) * 3 + x * 3 / 16;
+        let bit = (c >> region) & 1;
+        let signal = if bit == 1 { 1.0 } else { -1.0 } * if ch == region % 3 { 1.0 } else { 0.5 };
+        *px = signal + 0.3 * (rng.random::<f32>() - 0.5);
+    }
+    let mut tokens: Vec<u32> = (0..6)
+        .map(|i| 1 + 2 * i as u32 + ((c >> i) & 1) as u32)
+        .collect();
+    tokens.push(15);
+    tokens.push(0);
+    (img, tokens)
+}
+
+fn batch(classes: &[usize], rng: &mut ChaCha8Rng, dtype: DType) -> MicroBatch {
+    let (imgs, toks): (Vec<_>, Vec<_>) = classes.iter().map(|&c| pair(c, rng)).unzip();
+    let b = classes.len();
+    MicroBatch {
+        images: Tensor::from_vec(imgs.concat(), (b, 3, 16, 16), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap(),
+        tokens: Tensor::from_vec(toks.concat(), (b, 8), &Device::Cpu).unwrap(),
+    }
+}
+
+fn trainer(dtype: DType, cfg: TrainConfig) -> Trainer {
+    Trainer::with_dtype(&micro_config(), cfg, &Device::Cpu, dtype).unwrap()
+}
+
+fn norm(t: &Tensor) -> f64 {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+        .sqrt()
+}
+
+#[test]
+fn every_trainable_tensor_gets_a_finite_nonzero_gradient() {
+    let t = trainer(DType::F32, TrainConfig::default());
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let g = t
+        .gradients(&[batch(&[0, 5, 9, 17, 33, 62], &mut rng, DType::F32)])
+        .unwrap();
+    assert!(
+        t.model().vars().len() > 40,
+        "expected the full CLIP parameter set"
+    );
+    for name in t.model().vars().keys() {
+        let grad = g
+            .grads
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} got no gradient: the graph is cut"));
+        let n = norm(grad);
+        // A key bias shifts every score of a query equally, which softmax ignores: its true
+        // gradient is zero (rounding leaves ~1e-17), so it only has to be present and finite.
+        let floor = if name.ends_with("k_proj.bias") {
+            0.0
+        } else {
+            1e-6
+        };
+        assert!(n.is_finite() && n > floor, "{name} gradient norm {n}");
+    }
+}
+
+#[test]
+fn loss_falls_on_a_fixed_batch() {
+    let cfg = TrainConfig {
+        steps: 40,
+        lr: 2e-3,
+        warmup: 2,
+        ..TrainConfig::default()
+    };
+    let mut t = trainer(DType::F32, cfg);
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let b = batch(
+        &(0..16).map(|i| i * 4).collect::<Vec<_>>(),
+        &mut rng,
+        DType::F32,
+    );
+    let first = t.step(std::slice::from_ref(&b)).unwrap().loss;
+    let mut last = first;
+    for _ in 0..39 {
+        last = t.step(std::slice::from_ref(&b)).unwrap().loss;
+    }
+    assert!(last < 0.3 * first, "loss went from {first} to {last}");
+}
+
+/// The CLIP loss written out by hand in f64 from the embeddings.
+fn reference_loss(img: &[Vec<f64>], txt: &[Vec<f64>], scale: f64) -> f64 {
+    let n = img.len();
+    let logits: Vec<Vec<f64>> = (0..n)
+        .map(|i| {
+            (0..n)
+                .map(|j| scale.exp() * img[i].iter().zip(&txt[j]).map(|(a, b)| a * b).sum::<f64>())
+                .collect()
+        })
+        .collect();
+    let ce = |row: &dyn Fn(usize) -> f64, i: usize| {
+        let lse = (0..n).map(row).map(f64::exp).sum::<f64>().ln();
+        lse - row(i)
+    };
+    let rows: f64 = (0..n).map(|i| ce(&|j| logits[i][j], i)).sum();
+    let cols: f64 = (0..n).map(|i| ce(&|j| logits[j][i], i)).sum();
+    (rows + cols) / (2.0 * n as f64)
+}
+
+#[test]
+fn loss_matches_a_hand_computed_reference() {
+    let t = trainer(DType::F64, TrainConfig::default());
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let b = batch(&[1, 2, 3, 40, 50], &mut rng, DType::F64);
+    let img = t
+        .model()
+        .encode_image(&b.images)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
+    let txt = t
+        .model()
+        .encode_text(&b.tokens)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
+    let want = reference_loss(&img, &txt, wit_trainer::model::LOGIT_SCALE_INIT);
+    let got = t.gradients(&[b]).unwrap().loss;
+    assert!((got - want).abs() < 1e-10, "loss {got} vs reference {want}");
+}
+
+#[test]
+fn f32_loss_and_gradients_match_f64() {
+    let t32 = trainer(DType::F32, TrainConfig::default());
+    let t64 = trainer(DType::F64, TrainConfig::default());
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let b64 = batch(&[3, 7, 11, 19, 23, 42], &mut rng, DType::F64);
+    let b32 = MicroBatch {
+        images: b64.images.to_dtype(DType::F32).unwrap(),
+        tokens: b64.tokens.clone(),
+    };
+    let g32 = t32.gradients(&[b32]).unwrap();
+    let g64 = t64.gradients(&[b64]).unwrap();
+    assert!(
+        (g32.loss - g64.loss).abs() < 1e-5 * g64.loss.abs().max(1.0),
+        "loss {} vs {}",
+        g32.loss,
+        g64.loss
+    );
+    for (name, r) in &g64.grads {
+        let d = norm(&(g32.grads[name].to_dtype(DType::F64).unwrap() - r).unwrap());
+        assert!(
+            d <= 1e-3 * norm(r) + 1e-7,
+            "{name}: |g32 - g64| = {d}, |g64| = {}",
+            norm(r)
+        );
+    }
+}
+
+fn set_element(t: &Trainer, name: &str, idx: usize, value: f64) {
+    let var = &t.model().vars()[name];
+    let dims = var.dims().to_vec();
+    let mut v = var
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    v[idx] = value;
+    var.set(&Tensor::from_vec(v, dims, &Device::Cpu).unwrap())
+        .unwrap();
+}
+
+fn element(t: &Tensor, idx: usize) -> f64 {
+    t.flatten_all().unwrap().to_vec1::<f64>().unwrap()[idx]
+}
+
+#[test]
+fn f64_gradients_match_finite_differences() {
+    let t = trainer(DType::F64, TrainConfig::default());
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let b = batch(&[0, 13, 21, 34, 55], &mut rng, DType::F64);
+    let g = t.gradients(std::slice::from_ref(&b)).unwrap();
+    let probes = [
+        ("logit_scale", 0),
+        ("vision_model.embeddings.patch_embedding.weight", 7),
+        ("vision_model.embeddings.class_embedding", 3),
+        ("vision_model.pre_layrnorm.weight", 5),
+        ("vision_model.encoder.layers.0.self_attn.k_proj.weight", 40),
+        ("vision_model.post_layernorm.bias", 1),
+        ("text_model.embeddings.token_embedding.weight", 15 * 32 + 2),
+        ("text_model.encoder.layers.1.mlp.fc1.weight", 9),
+        ("text_model.final_layer_norm.weight", 4),
+        ("text_projection.weight", 11),
+    ];
+    let h = 1e-5;
+    for (name, idx) in probes {
+        let w = element(t.model().vars()[name].as_tensor(), idx);
+        set_element(&t, name, idx, w + h);
+        let up = t.gradients(std::slice::from_ref(&b)).unwrap().loss;
+        set_element(&t, name, idx, w - h);
+        let down = t.gradients(std::slice::from_ref(&b)).unwrap().loss;
+        set_element(&t, name, idx, w);
+        let numeric = (up - down) / (2.0 * h);
+        let analytic = element(&g.grads[name], idx);
+        assert!(
+            (numeric - analytic).abs() <= 1e-6 + 1e-4 * numeric.abs(),
+            "{name}[{idx}]: analytic {analytic} vs finite difference {numeric}"
+        );
+    }
+}
+
+#[test]
+fn accumulated_gradients_equal_one_big_batch() {
+    let t = trainer(DType::F64, TrainConfig::default());
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let whole = batch(&[2, 4, 8, 16, 32, 63], &mut rng, DType::F64);
+    let part = |s: usize| MicroBatch {
+        images: whole.images.narrow(0, s, 2).unwrap(),
+        tokens: whole.tokens.narrow(0, s, 2).unwrap(),
+    };
+    let one = t.gradients(std::slice::from_ref(&whole)).unwrap();
+    let acc = t.gradients(&[part(0), part(2), part(4)]).unwrap();
+    assert!(
+        (one.loss - acc.loss).abs() < 1e-12,
+        "loss {} vs {}",
+        one.loss,
+        acc.loss
+    );
+    for (name, g) in &one.grads {
+        let d = norm(&(&acc.grads[name] - g).unwrap());
+        assert!(
+            d <= 1e-9 * norm(g) + 1e-14,
+            "{name}: accumulated gradient differs by {d}"
+        );
+    }
+}
+
+#[test]
+fn weight_decay_skips_one_dimensional_tensors() {
+    let t = trainer(DType::F32, TrainConfig::default());
+    let opt = t.optimizer();
+    for name in [
+        "logit_scale",
+        "vision_model.embeddings.class_embedding",
+        "text_model.final_layer_norm.weight",
+        "vision_model.encoder.layers.1.mlp.fc1.bias",
+    ] {
+        assert_eq!(opt.decays(name), Some(false), "{name}");
+    }
+    for name in [
+        "visual_projection.weight",
+        "text_model.embeddings.position_embedding.weight",
+        "vision_model.embeddings.patch_embedding.weight",
+    ] {
+        assert_eq!(opt.decays(name), Some(true), "{name}");
+    }
+}
+
+fn snapshot(t: &Trainer) -> BTreeMap<String, Vec<f32>> {
+    t.model()
+        .vars()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.clone(),
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn resume_continues_identically() {
+    let cfg = TrainConfig {
+        steps: 6,
+        lr: 1e-3,
+        warmup: 2,
+        accum: 2,
+        ..TrainConfig::default()
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let batches: Vec<MicroBatch> = (0..12)
+        .map(|i| batch(&[i, i + 10, i + 20, i + 30], &mut rng, DType::F32))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut a = trainer(DType::F32, cfg.clone());
+    for s in 0..3 {
+        a.step(&batches[2 * s..2 * s + 2]).unwrap();
+    }
+    a.save(dir.path(), serde_json::json!({"loader": {"position": 6}}))
+        .unwrap();
+    let losses_a: Vec<f64> = (3..6)
+        .map(|s| a.step(&batches[2 * s..2 * s + 2]).unwrap().loss)
+        .collect();
+
+    let (mut b, extra) = Trainer::resume(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!(extra["loader"]["position"], 6);
+    assert_eq!(b.step_count(), 3);
+    assert_eq!(b.config(), &cfg);
+    let losses_b: Vec<f64> = (3..6)
+        .map(|s| b.step(&batches[2 * s..2 * s + 2]).unwrap().loss)
+        .collect();
+    assert_eq!(losses_a, losses_b);
+    assert_eq!(snapshot(&a), snapshot(&b));
+}
+
+#[test]
+fn torn_checkpoint_is_rejected() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let b = batch(&[1, 2, 3], &mut rng, DType::F32);
+    let mut t = trainer(DType::F32, TrainConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    t.save(dir.path(), serde_json::Value::Null).unwrap();
+    let state = std::fs::read(dir.path().join("trainer_state.json")).unwrap();
+    t.step(std::slice::from_ref(&b)).unwrap();
+    t.save(dir.path(), serde_json::Value::Null).unwrap();
+    std::fs::write(dir.path().join("trainer_state.json"), state).unwrap();
+    let err = Trainer::resume(dir.path(), &Device::Cpu)
+        .err()
+        .expect("a torn checkpoint must not resume");
+    assert!(err.to_string().contains("torn"), "{err}");
+}
+
+#[test]
+fn a_small_model_learns_retrieval_far_above_chance() {
+    let cfg = TrainConfig {
+        steps: 250,
+        lr: 2e-3,
+        warmup: 20,
+        ..TrainConfig::default()
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let train_batches: Vec<Result<MicroBatch, wit_trainer::TrainError>> = (0..250)
+        .map(|_| {
+            let classes: Vec<usize> = rand::seq::index::sample(&mut rng, 64, 32).into_vec();
+            Ok(batch(&classes, &mut rng, DType::F32))
+        })
+        .collect();
+    let t = wit_trainer::train(&micro_config(), cfg, &Device::Cpu, train_batches, |_, _| {
+        Ok(true)
+    })
+    .unwrap();
+    let held_out = batch(
+        &(0..64).collect::<Vec<_>>(),
+        &mut ChaCha8Rng::seed_from_u64(99),
+        DType::F32,
+    );
+    let (img, txt) = wit_trainer::embed(t.model(), [Ok(held_out)]).unwrap();
+    let r = wit_trainer::retrieval(&img, &txt).unwrap();
+    assert_eq!(r.n, 64);
+    // Chance is 1/64 ≈ 0.016.
+    assert!(
+        r.text_to_image.r1 >= 0.5 && r.image_to_text.r1 >= 0.5,
+        "{r:?}"
+    );
+}
+
+#[test]
+fn bf16_compute_keeps_f32_master_weights_and_close_gradients() {
+    let t32 = trainer(DType::F32, TrainConfig::default());
+    let mut tbf = trainer(DType::F32, TrainConfig::default());
+    tbf.set_compute_dtype(DType::BF16);
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let b = batch(&[1, 9, 17, 25, 33, 41], &mut rng, DType::F32);
+    let g32 = t32.gradients(std::slice::from_ref(&b)).unwrap();
+    let gbf = tbf.gradients(std::slice::from_ref(&b)).unwrap();
+    assert!(
+        (g32.loss - gbf.loss).abs() < 0.05 * g32.loss,
+        "loss {} vs bf16 {}",
+        g32.loss,
+        gbf.loss
+    );
+    for (name, g) in &g32.grads {
+        let gb = &gbf.grads[name];
+        assert_eq!(
+            gb.dtype(),
+            DType::F32,
+            "{name}: gradients must land on the f32 master weights"
+        );
+        if name.ends_with("k_proj.bias") {
+            continue;
+        }
+        // bf16 keeps ~3 significant digits: ask for the same direction, not the same digits.
+        let dot = (gb * g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        let cos = dot / (norm(gb) * norm(g));
+        assert!(cos > 0.98, "{name}: bf16 gradient cosine {cos}");
+    }
+}
