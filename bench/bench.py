@@ -447,6 +447,18 @@ def git_commit():
     return head.stdout.strip() + (" + uncommitted changes" if dirty else "")
 
 
+def describe_set(folder, files):
+    """`N files, jpg/png, 172–1411 px` for the header."""
+    from PIL import Image
+
+    sides, exts = [], set()
+    for name, _ in files:
+        with Image.open(os.path.join(folder, name)) as im:
+            sides.append(max(im.size))
+        exts.add(os.path.splitext(name)[1].lstrip(".").lower())
+    return f"{len(files)} distinct files ({'/'.join(sorted(exts))}, longest side {min(sides)}–{max(sides)} px)"
+
+
 def render(args, dl_rows, loader_rows, html_rows, load):
     cpu = platform.processor() or platform.machine()
     try:
@@ -463,6 +475,9 @@ def render(args, dl_rows, loader_rows, html_rows, load):
         + (" — other processes were busy: absolute numbers are depressed, ratios less so" if max(load) > 0.5 * (os.cpu_count() or 1) else ""),
         f"- commit: {git_commit()}",
         f"- command: `{' '.join(['bash', 'bench/run.sh'] + args.argv)}` (A/B alternated {args.repeats}×, medians)",
+        f"- image sets, each file requested under many unique URLs (`?n=i`) from `wit testweb --static` on 127.0.0.1:",
+        f"  synthetic = the test web's generated photos, {args.sets['synthetic']};",
+        f"  photos = real photographs shipped in the scikit-image and scikit-learn wheels, {args.sets['photos']}",
         "",
         "## Download: wit vs img2dataset (256 px, border, jpg q95, 1,000 per shard, "
         f"{args.threads} threads/requests in flight)",
@@ -496,9 +511,9 @@ def main():
     ap.add_argument("--out", required=True, help="markdown file to write the results table to")
     ap.add_argument("--quick", action="store_true", help="tiny inputs, one repeat: a smoke run")
     ap.add_argument("--threads", type=int, default=64, help="img2dataset threads = wit requests in flight")
-    ap.add_argument("--synthetic-urls", type=int, help="download URLs of test-web photos (default 2000, quick 60)")
-    ap.add_argument("--photo-urls", type=int, help="download URLs of real photographs (default 600, quick 30)")
-    ap.add_argument("--loader-samples", type=int, help="samples each loader run reads (default 2000, quick 128)")
+    ap.add_argument("--synthetic-urls", type=int, help="download URLs of test-web photos (default 6000, quick 60)")
+    ap.add_argument("--photo-urls", type=int, help="download URLs of real photographs (default 2000, quick 30)")
+    ap.add_argument("--loader-samples", type=int, help="samples each loader run reads (default 5000, quick 128)")
     ap.add_argument("--html-pages", type=int, help="test-web pages for HTML extraction (default 1000, quick 30)")
     ap.add_argument("--repeats", type=int, help="A/B alternations (default 3, quick 1)")
     args = ap.parse_args()
@@ -506,10 +521,10 @@ def main():
     args.argv = [a for i, a in enumerate(given) if a not in ("--wit", "--work", "--out") and (i == 0 or given[i - 1] not in ("--wit", "--work", "--out"))]
     pick = lambda value, quick, full: value if value is not None else (quick if args.quick else full)
     args.repeats = pick(args.repeats, 1, 3)
-    args.loader_samples = pick(args.loader_samples, 128, 2000)
+    args.loader_samples = pick(args.loader_samples, 128, 5000)
     args.html_pages = pick(args.html_pages, 30, 1000)
     args.batch = 16 if args.quick else 256
-    n_syn, n_photo = pick(args.synthetic_urls, 60, 2000), pick(args.photo_urls, 30, 600)
+    n_syn, n_photo = pick(args.synthetic_urls, 60, 6000), pick(args.photo_urls, 30, 2000)
     python = sys.executable
     load_start = os.getloadavg()[0]
     work = os.path.abspath(args.work)
@@ -517,6 +532,7 @@ def main():
     shutil.rmtree(images, ignore_errors=True)
     syn = synthetic_images(args.wit, os.path.join(images, "synthetic"), 40 if args.quick else 400)
     photos = wheel_photos(python, os.path.join(images, "photos"), os.path.join(work, "wheels"))
+    args.sets = {"synthetic": describe_set(os.path.join(images, "synthetic"), syn), "photos": describe_set(os.path.join(images, "photos"), photos)}
     server = subprocess.Popen([args.wit, "testweb", "--static", images, "--port", str(port := free_port())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use wit_shards::{
     EncodedImage, ImageFormat, SampleRecord, ShardConfig, ShardError, ShardReader, ShardWriter,
     Status,
@@ -175,6 +175,8 @@ struct Job {
     input: InputRow,
     /// The caption's language, when the caption filter identified it.
     language: Option<String>,
+    /// This row's place in the window of fetched-but-unwritten rows.
+    window: OwnedSemaphorePermit,
 }
 
 /// What the writer thread hears about.
@@ -183,11 +185,12 @@ enum WriterMsg {
     Begin { shard_id: u64, reuse: bool },
     /// Shard `shard_id` has `rows` input rows in total.
     End { shard_id: u64, rows: u64 },
-    /// One row's record.
+    /// One row's record, with its window place when it was fetched.
     Record {
         shard_id: u64,
         row: u64,
         record: Box<SampleRecord>,
+        window: Option<OwnedSemaphorePermit>,
     },
     /// Owned shard `shard_id` was already finished and has `rows` rows.
     Skipped { shard_id: u64, rows: u64 },
@@ -219,11 +222,16 @@ pub async fn download(
     let fetcher = Fetcher::new(cfg.fetch.clone())?;
     let depth = cfg.fetch.concurrency.max(16);
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(depth);
+    // Rows fetched but not yet written: bounds what waits in the writer for an earlier, slow
+    // row when duplicates are decided in row order.
+    let window = Arc::new(Semaphore::new(4 * depth));
     let (writer_tx, writer_rx) = mpsc::channel::<WriterMsg>(depth);
 
     let reader = {
         let (cfg, writer_tx) = (cfg.clone(), writer_tx.clone());
-        tokio::task::spawn_blocking(move || read_input(rows, &cfg, gate, &jobs_tx, &writer_tx))
+        tokio::task::spawn_blocking(move || {
+            read_input(rows, &cfg, gate, &window, &jobs_tx, &writer_tx)
+        })
     };
     let writer = {
         let cfg = cfg.clone();
@@ -268,6 +276,7 @@ fn read_input(
     rows: input::Rows,
     cfg: &DownloadConfig,
     mut gate: CaptionGate,
+    window: &Arc<Semaphore>,
     jobs: &mpsc::Sender<Job>,
     writer: &mpsc::Sender<WriterMsg>,
 ) -> Result<(), DownloadError> {
@@ -294,11 +303,16 @@ fn read_input(
         }
         let sent = match verdict {
             Ok(language) => {
+                let acquired = window.clone().acquire_owned();
+                let Ok(window) = tokio::runtime::Handle::current().block_on(acquired) else {
+                    return Ok(()); // never closed
+                };
                 let job = Job {
                     shard_id,
                     row: row_in_shard,
                     input: row,
                     language,
+                    window,
                 };
                 jobs.blocking_send(job).is_ok()
             }
@@ -307,6 +321,7 @@ fn read_input(
                     shard_id,
                     row: row_in_shard,
                     record: Box::new(filtered(row, reason)),
+                    window: None,
                 };
                 writer.blocking_send(msg).is_ok()
             }
@@ -493,6 +508,7 @@ async fn dispatch(
                 shard_id: job.shard_id,
                 row: job.row,
                 record: Box::new(record),
+                window: Some(job.window),
             };
             let _ = writer.send(msg).await; // a closed writer has already reported its error
             drop(permit);
@@ -578,9 +594,18 @@ fn apply_processed(
 struct OpenShard {
     writer: ShardWriter,
     /// Row → (record, carried over from a finished shard and so already decided).
-    pending: BTreeMap<u64, (Box<SampleRecord>, bool)>,
+    pending: BTreeMap<u64, Pending>,
     written: u64,
     expected: Option<u64>,
+}
+
+/// A row that is in but not yet written.
+struct Pending {
+    record: Box<SampleRecord>,
+    /// Carried over from a finished shard, so already decided.
+    reused: bool,
+    /// Released when the row is written.
+    _window: Option<OwnedSemaphorePermit>,
 }
 
 /// What the writer decides next, in input order (only when deduplicating).
@@ -712,9 +737,15 @@ impl<F: Fn(&Progress)> Writer<'_, F> {
                 shard_id,
                 row,
                 record,
+                window,
             } => {
                 let shard = shard_mut(&mut self.open, shard_id)?;
-                shard.pending.insert(row, (record, false));
+                let pending = Pending {
+                    record,
+                    reused: false,
+                    _window: window,
+                };
+                shard.pending.insert(row, pending);
             }
             WriterMsg::Skipped { shard_id, rows } => {
                 self.progress.shards_skipped += 1;
@@ -761,7 +792,13 @@ impl<F: Fn(&Progress)> Writer<'_, F> {
             } else {
                 shard.pending.pop_first()
             };
-            let Some((row, (mut record, reused))) = next else {
+            let Some((
+                row,
+                Pending {
+                    mut record, reused, ..
+                },
+            )) = next
+            else {
                 break;
             };
             if in_order {
@@ -832,7 +869,14 @@ fn begin_shard(
     let writer = ShardWriter::create(&cfg.output_dir, shard_id, &cfg.shards)?;
     let pending = kept
         .into_iter()
-        .map(|(row, record)| (row, (Box::new(record), true)))
+        .map(|(row, record)| {
+            let pending = Pending {
+                record: Box::new(record),
+                reused: true,
+                _window: None,
+            };
+            (row, pending)
+        })
         .collect();
     Ok(OpenShard {
         writer,
