@@ -513,7 +513,7 @@ def main():
     ap.add_argument("--threads", type=int, default=64, help="img2dataset threads = wit requests in flight")
     ap.add_argument("--synthetic-urls", type=int, help="download URLs of test-web photos (default 6000, quick 60)")
     ap.add_argument("--photo-urls", type=int, help="download URLs of real photographs (default 2000, quick 30)")
-    ap.add_argument("--loader-samples", type=int, help="samples each loader run reads (default 5000, quick 128)")
+    ap.add_argument("--loader-samples", type=int, help="samples each loader run reads (default 3000, quick 128)")
     ap.add_argument("--html-pages", type=int, help="test-web pages for HTML extraction (default 1000, quick 30)")
     ap.add_argument("--repeats", type=int, help="A/B alternations (default 3, quick 1)")
     args = ap.parse_args()
@@ -521,7 +521,7 @@ def main():
     args.argv = [a for i, a in enumerate(given) if a not in ("--wit", "--work", "--out") and (i == 0 or given[i - 1] not in ("--wit", "--work", "--out"))]
     pick = lambda value, quick, full: value if value is not None else (quick if args.quick else full)
     args.repeats = pick(args.repeats, 1, 3)
-    args.loader_samples = pick(args.loader_samples, 128, 5000)
+    args.loader_samples = pick(args.loader_samples, 128, 3000)
     args.html_pages = pick(args.html_pages, 30, 1000)
     args.batch = 16 if args.quick else 256
     n_syn, n_photo = pick(args.synthetic_urls, 60, 6000), pick(args.photo_urls, 30, 2000)

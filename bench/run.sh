@@ -6,14 +6,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Any other flags go to bench.py (sizes, repeats: see `python3 bench/bench.py --help`).
+# Full and quick runs use separate scratch folders, and a lock serialises runs of one kind (a CI
+# smoke run started during a full run must not overwrite its shards).
 OUT=bench/RESULTS.md
-for a in "$@"; do if [ "$a" = "--quick" ]; then OUT=bench/.work/RESULTS.quick.md; fi; done
-mkdir -p bench/.work
+WORK=bench/.work/full
+for a in "$@"; do
+  if [ "$a" = "--quick" ]; then OUT=bench/.work/RESULTS.quick.md; WORK=bench/.work/quick; fi
+done
+mkdir -p "$WORK"
+exec 9>"$WORK.lock"
+flock 9
 WIT=${WIT_BIN:-}
 if [ -z "$WIT" ]; then
   cargo build --release --locked --bin wit
   WIT=$PWD/target/release/wit
 fi
+exec 8>bench/.work/venv.lock
+flock 8
 if [ ! -x bench/.work/venv/bin/python ]; then python3 -m venv bench/.work/venv; fi
 # The peers (img2dataset pinned to the release the comparison targets). The peers must not
 # phone home: albumentations (pulled by img2dataset) checks PyPI for updates at import.
@@ -26,4 +35,5 @@ if ! bench/.work/venv/bin/python -c 'import img2dataset, webdataset, PIL, numpy,
     exit 1
   fi
 fi
-bench/.work/venv/bin/python bench/bench.py --wit "$WIT" --work bench/.work --out "$OUT" "$@"
+flock -u 8
+bench/.work/venv/bin/python bench/bench.py --wit "$WIT" --work "$WORK" --out "$OUT" "$@"

@@ -5,7 +5,7 @@
 use super::fetch_args::FetchArgs;
 use super::image_args::{DedupArgs, FilterArgs, ImageArgs};
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -85,7 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let started = Instant::now();
-    let bar = spinner();
+    let bar = super::spinner();
     let mut writer = PairsWriter::create(&pairs_path)?;
     let mut gate = PairGate::new(&args.filter)?;
     let progress = {
@@ -236,7 +236,7 @@ fn download_pairs(
             near: args.dedup.near_dedup(),
         },
     };
-    let bar = spinner();
+    let bar = super::spinner();
     let summary = {
         let bar = bar.clone();
         runtime.block_on(download(cfg, move |p| {
@@ -260,16 +260,6 @@ fn download_pairs(
         summary.shard_index.display()
     );
     Ok(())
-}
-
-/// A spinner that shows crawl counters.
-fn spinner() -> ProgressBar {
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("valid template"),
-    );
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
 }
 
 /// Updates the spinner: pages, pairs, rate, queue.

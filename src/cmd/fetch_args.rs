@@ -32,11 +32,8 @@ pub struct FetchArgs {
     /// `X-Robots-Tag: token: directive` headers.
     #[arg(long, default_value = "wit")]
     pub user_agent_token: String,
-    /// Allow connecting to this non-public CIDR (repeatable). Loopback, private, link-local,
-    /// CGNAT, multicast and cloud-metadata addresses are refused otherwise (SSRF guard).
-    /// Example: --allow-net 127.0.0.1/32 for a local test server.
-    #[arg(long = "allow-net", value_name = "CIDR")]
-    pub allow_net: Vec<String>,
+    #[command(flatten)]
+    pub net: NetArgs,
     /// Do not fetch or obey robots.txt (only for sites you own or have permission to copy).
     #[arg(long)]
     pub ignore_robots: bool,
@@ -49,9 +46,19 @@ pub struct FetchArgs {
     pub disallowed_header_directives: Vec<String>,
 }
 
-impl FetchArgs {
+/// The SSRF guard's one escape hatch, shared by every command that opens connections.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NetArgs {
+    /// Allow connecting to this non-public CIDR (repeatable). Loopback, private, link-local,
+    /// CGNAT, multicast and cloud-metadata addresses are refused otherwise (SSRF guard).
+    /// Example: --allow-net 127.0.0.1/32 for a local test server.
+    #[arg(long = "allow-net", value_name = "CIDR")]
+    pub allow_net: Vec<String>,
+}
+
+impl NetArgs {
     /// The `--allow-net` CIDRs, parsed; a bare address means just that address.
-    fn allow_nets(&self) -> anyhow::Result<Vec<wit_crawler::net::IpNet>> {
+    pub fn allow_nets(&self) -> anyhow::Result<Vec<wit_crawler::net::IpNet>> {
         self.allow_net
             .iter()
             .map(|s| {
@@ -65,7 +72,9 @@ impl FetchArgs {
             })
             .collect()
     }
+}
 
+impl FetchArgs {
     /// The fetch configuration, filling unset per-host limits with the command's defaults.
     pub fn to_config(
         &self,
@@ -94,7 +103,7 @@ impl FetchArgs {
             max_redirects: 5,
             user_agent: user_agent_for(&self.user_agent_token),
             user_agent_token: self.user_agent_token.clone(),
-            allow_net: self.allow_nets()?,
+            allow_net: self.net.allow_nets()?,
             respect_robots: !self.ignore_robots,
             disallowed_header_directives: self
                 .disallowed_header_directives

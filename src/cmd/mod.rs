@@ -85,6 +85,18 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A spinner with the elapsed time and a message, for work whose total is not known up front
+/// (crawl, warc).
+pub(crate) fn spinner() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+            .expect("valid template"),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
 /// Sets up `tracing` to stderr; `RUST_LOG` wins over `-v`.
 pub fn init_logging(verbose: u8) {
     let default = match verbose {

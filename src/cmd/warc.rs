@@ -3,12 +3,12 @@
 //! code says whether anything was skipped. The work is `wit_crawler::warc`.
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use wit_crawler::fetch::user_agent_for;
-use wit_crawler::net::{IpNet, NetPolicy};
+use wit_crawler::net::NetPolicy;
 use wit_crawler::pairs::PairsWriter;
 use wit_crawler::urlnorm::SeenSet;
 use wit_crawler::warc::{extract_sources, open_source, Source, WarcOptions, WarcSummary};
@@ -38,10 +38,8 @@ pub struct Args {
     /// positives) instead of an exact set of 8 bytes per pair.
     #[arg(long, value_name = "N")]
     pub bloom: Option<u64>,
-    /// Allow streaming from this non-public CIDR (repeatable), e.g. 127.0.0.1/32 for a local
-    /// server; loopback, private and metadata addresses are refused otherwise (SSRF guard).
-    #[arg(long = "allow-net", value_name = "CIDR")]
-    pub allow_net: Vec<IpNet>,
+    #[command(flatten)]
+    pub net: super::fetch_args::NetArgs,
 }
 
 /// Runs `wit warc`.
@@ -64,7 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })?;
     let pairs_path = args.output_folder.join("pairs.parquet");
     let mut writer = PairsWriter::create(&pairs_path)?;
-    let policy = NetPolicy::new(args.allow_net.clone());
+    let policy = NetPolicy::new(args.net.allow_nets()?);
     let user_agent = user_agent_for("wit");
     let open = |s: &Source| open_source(s, &policy, &user_agent);
     let mut seen = args
@@ -75,7 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ..WarcOptions::default()
     };
     let started = Instant::now();
-    let bar = spinner();
+    let bar = super::spinner();
     let summary = extract_sources(
         &sources,
         &opts,
@@ -95,16 +93,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// A spinner for the running counts.
-fn spinner() -> ProgressBar {
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("valid template"),
-    );
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
 }
 
 /// Updates the spinner.
