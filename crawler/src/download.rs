@@ -38,7 +38,7 @@ use wit_shards::{
 /// Everything one `wit download` run needs.
 #[derive(Clone, Debug)]
 pub struct DownloadConfig {
-    /// The URL list(s) and which columns to read.
+    /// The URL list(s) and which columns to read (not read by [`download_rows`]).
     pub input: InputSpec,
     /// The output folder of shards.
     pub output_dir: PathBuf,
@@ -196,12 +196,40 @@ enum WriterMsg {
     Skipped { shard_id: u64, rows: u64 },
 }
 
-/// Runs the pipeline to completion; `on_progress` is called from the writer thread.
+/// Rows to download, in the order that assigns them to shards (row `r` goes to shard
+/// `r / samples_per_shard`): a file's rows, or rows produced live (`wit crawl --download`).
+pub type RowSource = Box<dyn Iterator<Item = Result<InputRow, InputError>> + Send>;
+
+/// Runs the pipeline over `cfg.input` to completion; `on_progress` is called from the writer
+/// thread.
 pub async fn download(
-    mut cfg: DownloadConfig,
+    cfg: DownloadConfig,
     on_progress: impl Fn(&Progress) + Send + 'static,
 ) -> Result<DownloadSummary, DownloadError> {
     validate(&cfg)?;
+    let rows = input::read_rows(&cfg.input)?;
+    pipeline(cfg, Box::new(rows), on_progress).await
+}
+
+/// Runs the pipeline over `rows` instead of `cfg.input` (which is not read), so a producer such
+/// as a crawl can stream rows in while they are found; a bounded source keeps memory flat. The
+/// run ends when the source does. Resume (`incremental`, `retry_failed`) and partitions assume
+/// the same rows in the same order on every run: turn them off for a source without a fixed
+/// order.
+pub async fn download_rows(
+    cfg: DownloadConfig,
+    rows: RowSource,
+    on_progress: impl Fn(&Progress) + Send + 'static,
+) -> Result<DownloadSummary, DownloadError> {
+    validate(&cfg)?;
+    pipeline(cfg, rows, on_progress).await
+}
+
+async fn pipeline(
+    mut cfg: DownloadConfig,
+    rows: RowSource,
+    on_progress: impl Fn(&Progress) + Send + 'static,
+) -> Result<DownloadSummary, DownloadError> {
     let filters = std::mem::take(&mut cfg.filters);
     let gate = CaptionGate {
         caption: filters.caption,
@@ -218,7 +246,6 @@ pub async fn download(
             cfg.output_dir.display()
         ))
     })?;
-    let rows = input::read_rows(&cfg.input)?;
     let fetcher = Fetcher::new(cfg.fetch.clone())?;
     let depth = cfg.fetch.concurrency.max(16);
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(depth);
@@ -273,7 +300,7 @@ fn joined<T>(
 /// Streams the input, assigns rows to shards, drops rows whose caption fails (no request is
 /// made for them) and tells the writer which shards exist.
 fn read_input(
-    rows: input::Rows,
+    rows: RowSource,
     cfg: &DownloadConfig,
     mut gate: CaptionGate,
     window: &Arc<Semaphore>,

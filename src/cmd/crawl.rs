@@ -1,19 +1,25 @@
 //! `wit crawl`: seed pages → a polite crawl → `OUT/pairs.parquet` (the input of `wit
 //! download`), optionally straight on to shards with `--download`. The work is
 //! `wit_crawler::crawl`; this module parses flags, shows progress and prints the summary.
+//! With `--download` the pairs also stream, through a bounded channel, into the download
+//! pipeline running alongside the crawl.
 
 use super::fetch_args::FetchArgs;
 use super::image_args::{DedupArgs, FilterArgs, ImageArgs};
 use anyhow::Context;
-use indicatif::ProgressBar;
+use indicatif::{MultiProgress, ProgressBar};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::time::{Duration, Instant};
 use url::Url;
 use wit_crawler::crawl::{crawl, CrawlConfig, CrawlProgress, Dedup, Scope};
-use wit_crawler::download::{download, DownloadConfig, Part, RowFilters};
-use wit_crawler::input::{InputFormat, InputSpec};
+use wit_crawler::download::{
+    download_rows, DownloadConfig, DownloadError, DownloadSummary, Part, Progress, RowFilters,
+    RowSource,
+};
+use wit_crawler::input::{InputRow, InputSpec};
 use wit_crawler::pairs::{Pair, PairsWriter};
 use wit_shards::ShardConfig;
 
@@ -53,7 +59,9 @@ pub struct Args {
     /// Most URLs waiting to be fetched; further links are dropped (bounds memory).
     #[arg(long, default_value_t = 1_000_000)]
     pub max_frontier: usize,
-    /// Then download the pairs into WebDataset shards under OUT/shards (image flags apply).
+    /// Also download the pairs, while they are found, into WebDataset shards under OUT/shards
+    /// (image flags apply). Every shard is redone on each run: to resume an interrupted
+    /// download, run `wit download OUT/pairs.parquet -o OUT/shards`.
     #[arg(long)]
     pub download: bool,
     #[command(flatten)]
@@ -65,6 +73,10 @@ pub struct Args {
     #[command(flatten)]
     pub dedup: DedupArgs,
 }
+
+/// Pairs found but not yet taken by the download (`--download`): when full, the crawl waits,
+/// so memory stays flat however far the crawl runs ahead of the downloads.
+const STREAM_BUFFER: usize = 1024;
 
 /// Runs `wit crawl`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -85,38 +97,71 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let started = Instant::now();
-    let bar = super::spinner();
+    let bars = MultiProgress::new();
+    let bar = bars.add(super::spinner());
+    let (rows_tx, stream) = match args.download {
+        true => {
+            let (rows, stream) = start_download(&args, &cfg, &runtime, &bars)?;
+            (Some(rows), Some(stream))
+        }
+        false => (None, None),
+    };
     let mut writer = PairsWriter::create(&pairs_path)?;
     let mut gate = PairGate::new(&args.filter)?;
-    let progress = {
+    let crawled = {
         let bar = bar.clone();
         let mut on_pair = |p: Pair| match gate.admit(&p) {
-            Ok(()) => writer.write(p).map_err(|e| e.to_string()),
+            Ok(()) => {
+                if let Some(tx) = &rows_tx {
+                    tx.send(input_row(&p))
+                        .map_err(|_| "the download stopped early (see its error)".to_string())?;
+                }
+                writer.write(p).map_err(|e| e.to_string())
+            }
             Err(()) => Ok(()),
         };
         let mut on_progress = move |p: &CrawlProgress| show(&bar, p, started);
-        runtime.block_on(crawl(cfg.clone(), &mut on_pair, &mut on_progress))?
+        runtime.block_on(crawl(cfg.clone(), &mut on_pair, &mut on_progress))
+    };
+    // Closing the channel ends the download's input once it has taken every pair.
+    drop(rows_tx);
+    let progress = match crawled {
+        Ok(progress) => progress,
+        Err(e) => {
+            // A failed download stops the crawl too, and is then the root cause.
+            if let Some(stream) = stream {
+                stream.finish(&runtime)?;
+            }
+            return Err(e.into());
+        }
     };
     let rows = writer.finish()?;
     bar.finish_and_clear();
-    let summary_path = args.output_folder.join("crawl_summary.json");
-    let mut summary = serde_json::to_value(&progress)?;
-    summary["filtered_pairs"] = serde_json::to_value(&gate.dropped)?;
-    std::fs::write(&summary_path, serde_json::to_vec_pretty(&summary)?)
-        .with_context(|| format!("cannot write {}", summary_path.display()))?;
-    println!(
-        "{}",
-        summary_line(&progress, started.elapsed(), &pairs_path, rows)
-    );
+    write_summary(&args.output_folder, &progress, &gate)?;
+    bars.suspend(|| {
+        println!(
+            "{}",
+            summary_line(&progress, started.elapsed(), &pairs_path, rows)
+        )
+    });
+    if let Some(stream) = stream {
+        stream.finish(&runtime)?;
+    }
     anyhow::ensure!(
         progress.pages > 0,
         "no page could be fetched: check the seeds (run with -v for each failure); local or \
          private addresses need --allow-net CIDR, and robots.txt may disallow the seeds"
     );
-    if args.download {
-        download_pairs(&args, &cfg, &pairs_path, &runtime)?;
-    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `OUT/crawl_summary.json`: the crawl counters and the pairs dropped by filters.
+fn write_summary(out: &Path, progress: &CrawlProgress, gate: &PairGate) -> anyhow::Result<()> {
+    let path = out.join("crawl_summary.json");
+    let mut summary = serde_json::to_value(progress)?;
+    summary["filtered_pairs"] = serde_json::to_value(&gate.dropped)?;
+    std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The crawl configuration from the flags (crawl politeness defaults: 2 per host, 1 s apart).
@@ -202,19 +247,29 @@ impl PairGate {
     }
 }
 
-/// Downloads the crawled pairs into `OUT/shards` through the `wit download` pipeline.
-fn download_pairs(
+/// The download of `--download`, running while the crawl feeds it pairs.
+struct Stream {
+    shards: PathBuf,
+    bar: ProgressBar,
+    task: tokio::task::JoinHandle<Result<DownloadSummary, DownloadError>>,
+}
+
+/// Starts the `wit download` pipeline on the runtime, writing `OUT/shards` from the rows sent
+/// to the returned bounded channel (dropping the sender ends the input). A live crawl has no
+/// fixed pair order, so the download cannot resume shard by shard: it redoes every shard (to
+/// resume an interrupted run, run `wit download OUT/pairs.parquet -o OUT/shards`).
+fn start_download(
     args: &Args,
     crawl: &CrawlConfig,
-    pairs: &Path,
     runtime: &tokio::runtime::Runtime,
-) -> anyhow::Result<()> {
+    bars: &MultiProgress,
+) -> anyhow::Result<(SyncSender<InputRow>, Stream)> {
     let shards = args.output_folder.join("shards");
     let cpu_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let cfg = DownloadConfig {
         input: InputSpec {
-            paths: vec![pairs.to_path_buf()],
-            format: Some(InputFormat::Parquet),
+            paths: Vec::new(),
+            format: None,
             url_col: "url".into(),
             caption_col: Some("caption".into()),
             extra_cols: Vec::new(),
@@ -223,7 +278,7 @@ fn download_pairs(
         shards: ShardConfig::default(),
         fetch: crawl.fetch.clone(),
         image: args.image.to_options(),
-        incremental: true,
+        incremental: false,
         retry_failed: false,
         part: Part::ALL,
         cpu_workers,
@@ -236,30 +291,55 @@ fn download_pairs(
             near: args.dedup.near_dedup(),
         },
     };
-    let bar = super::spinner();
-    let summary = {
+    let (rows, rx) = sync_channel::<InputRow>(STREAM_BUFFER);
+    let bar = bars.add(super::spinner());
+    let on_progress = {
         let bar = bar.clone();
-        runtime.block_on(download(cfg, move |p| {
+        move |p: &Progress| {
             bar.set_message(format!(
                 "downloading: {} rows, {} ok, {} failed",
                 p.rows,
                 p.successes(),
                 p.failures()
             ));
-        }))?
+        }
     };
-    bar.finish_and_clear();
-    let p = &summary.progress;
-    println!(
-        "downloaded {} pairs in {:.1} s: {} ok, {} failed; shards in {} (index {})",
-        p.rows,
-        summary.duration.as_secs_f64(),
-        p.successes(),
-        p.failures(),
-        shards.display(),
-        summary.shard_index.display()
-    );
-    Ok(())
+    let source: RowSource = Box::new(rx.into_iter().map(Ok));
+    let task = runtime.spawn(download_rows(cfg, source, on_progress));
+    Ok((rows, Stream { shards, bar, task }))
+}
+
+impl Stream {
+    /// Waits, once the channel is closed, for the download to take the last pair and finish its
+    /// shards, then prints its summary.
+    fn finish(self, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+        let Stream { shards, bar, task } = self;
+        let summary = runtime
+            .block_on(task)
+            .context("the download task panicked")??;
+        bar.finish_and_clear();
+        let p = &summary.progress;
+        println!(
+            "downloaded {} pairs in {:.1} s: {} ok, {} failed; shards in {} (index {})",
+            p.rows,
+            summary.duration.as_secs_f64(),
+            p.successes(),
+            p.failures(),
+            shards.display(),
+            summary.shard_index.display()
+        );
+        Ok(())
+    }
+}
+
+/// A crawled pair as a row of the download.
+fn input_row(pair: &Pair) -> InputRow {
+    InputRow {
+        url: pair.url.clone(),
+        caption: Some(pair.caption.clone()),
+        page_url: Some(pair.page_url.clone()),
+        extra: Vec::new(),
+    }
 }
 
 /// Updates the spinner: pages, pairs, rate, queue.
