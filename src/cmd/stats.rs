@@ -10,7 +10,7 @@ use std::process::ExitCode;
 pub struct Args {
     /// Output folder of `wit download` (or img2dataset): merges its `*_stats.json` summaries.
     pub dir: PathBuf,
-    /// Also write the figures as JSON (schema `wit-stats-v1`, documented in the README).
+    /// Also write the figures as JSON (schema `wit-stats-v1`, documented in the README and src/stats/schema.rs).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// Also write a self-contained HTML report (charts, sample grid, error bounds).
