@@ -38,8 +38,6 @@ use wit_shards::{
 /// Everything one `wit download` run needs.
 #[derive(Clone, Debug)]
 pub struct DownloadConfig {
-    /// The URL list(s) and which columns to read (not read by [`download_rows`]).
-    pub input: InputSpec,
     /// The output folder of shards.
     pub output_dir: PathBuf,
     /// Rows per shard, key digits, kept columns.
@@ -200,20 +198,21 @@ enum WriterMsg {
 /// `r / samples_per_shard`): a file's rows, or rows produced live (`wit crawl --download`).
 pub type RowSource = Box<dyn Iterator<Item = Result<InputRow, InputError>> + Send>;
 
-/// Runs the pipeline over `cfg.input` to completion; `on_progress` is called from the writer
-/// thread.
+/// Runs the pipeline over the URL list(s) `urls` describes, to completion; `on_progress` is called
+/// from the writer thread. The first file is opened before anything is written, so a wrong path
+/// or column fails early.
 pub async fn download(
     cfg: DownloadConfig,
+    urls: &InputSpec,
     on_progress: impl Fn(&Progress) + Send + 'static,
 ) -> Result<DownloadSummary, DownloadError> {
     validate(&cfg)?;
-    let rows = input::read_rows(&cfg.input)?;
+    let rows = input::read_rows(urls)?;
     pipeline(cfg, Box::new(rows), on_progress).await
 }
 
-/// Runs the pipeline over `rows` instead of `cfg.input` (which is not read), so a producer such
-/// as a crawl can stream rows in while they are found; a bounded source keeps memory flat. The
-/// run ends when the source does. Resume (`incremental`, `retry_failed`) and partitions assume
+/// Runs the pipeline over `rows`, so a producer such as a crawl can stream rows in while they
+/// are found; a bounded source keeps memory flat. The run ends when the source does. Resume (`incremental`, `retry_failed`) and partitions assume
 /// the same rows in the same order on every run: turn them off for a source without a fixed
 /// order.
 pub async fn download_rows(

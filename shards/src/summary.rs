@@ -107,6 +107,14 @@ impl Numeric {
         self.quantiles.merge(&other.quantiles);
     }
 
+    /// The `q`-quantile (within the sketch's relative error), never outside the exact
+    /// `[min, max]`: the sketch answers with bucket midpoints, which can overshoot both ends.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        self.quantiles
+            .quantile(q)
+            .map(|v| v.clamp(self.min, self.max))
+    }
+
     /// Mean, or `None` when empty.
     pub fn mean(&self) -> Option<f64> {
         (self.count > 0).then(|| self.sum / self.count as f64)
@@ -353,6 +361,17 @@ pub fn url_host(url: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::record::{EncodedImage, ImageFormat, Status};
+
+    #[test]
+    fn quantiles_stay_inside_the_exact_range() {
+        let mut n = Numeric::new(Buckets::Log2);
+        for _ in 0..100 {
+            n.add(80.0);
+        }
+        for q in [0.0, 0.5, 0.9, 0.99, 1.0] {
+            assert_eq!(n.quantile(q), Some(80.0), "q = {q}");
+        }
+    }
 
     fn record(i: u32) -> SampleRecord {
         let ok = !i.is_multiple_of(4);

@@ -19,7 +19,7 @@ use wit_crawler::download::{
     download_rows, DownloadConfig, DownloadError, DownloadSummary, Part, Progress, RowFilters,
     RowSource,
 };
-use wit_crawler::input::{InputRow, InputSpec};
+use wit_crawler::input::InputRow;
 use wit_crawler::pairs::{Pair, PairsWriter};
 use wit_shards::ShardConfig;
 
@@ -99,12 +99,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let bars = MultiProgress::new();
     let bar = bars.add(super::spinner());
-    let (rows_tx, stream) = match args.download {
-        true => {
-            let (rows, stream) = start_download(&args, &cfg, &runtime, &bars)?;
-            (Some(rows), Some(stream))
-        }
-        false => (None, None),
+    let (rows_tx, stream) = if args.download {
+        let (rows, stream) = start_download(&args, &cfg, &runtime, &bars)?;
+        (Some(rows), Some(stream))
+    } else {
+        (None, None)
     };
     let mut writer = PairsWriter::create(&pairs_path)?;
     let mut gate = PairGate::new(&args.filter)?;
@@ -267,13 +266,6 @@ fn start_download(
     let shards = args.output_folder.join("shards");
     let cpu_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let cfg = DownloadConfig {
-        input: InputSpec {
-            paths: Vec::new(),
-            format: None,
-            url_col: "url".into(),
-            caption_col: Some("caption".into()),
-            extra_cols: Vec::new(),
-        },
         output_dir: shards.clone(),
         shards: ShardConfig::default(),
         fetch: crawl.fetch.clone(),

@@ -76,20 +76,32 @@ pub struct Args {
 /// Runs `wit download`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = config(&args)?;
+    let input = input_spec(&args);
     let cores = cfg.cpu_workers;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores.clamp(2, 16))
         .enable_all()
         .build()?;
     let bar = progress_bar();
-    count_rows_in_background(&cfg, bar.clone());
+    count_rows_in_background(&input, &cfg, bar.clone());
     let summary = {
         let bar = bar.clone();
-        runtime.block_on(download(cfg, move |p| show(&bar, p)))?
+        runtime.block_on(download(cfg, &input, move |p| show(&bar, p)))?
     };
     bar.finish_and_clear();
     println!("{}", summary_line(&summary));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The URL list(s) and the columns to read from them.
+fn input_spec(args: &Args) -> InputSpec {
+    InputSpec {
+        paths: args.url_list.clone(),
+        format: args.input_format,
+        url_col: args.url_col.clone(),
+        caption_col: args.caption_col.clone(),
+        extra_cols: args.save_additional_columns.clone(),
+    }
 }
 
 fn config(args: &Args) -> anyhow::Result<DownloadConfig> {
@@ -97,13 +109,6 @@ fn config(args: &Args) -> anyhow::Result<DownloadConfig> {
         .cpu_workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     Ok(DownloadConfig {
-        input: InputSpec {
-            paths: args.url_list.clone(),
-            format: args.input_format,
-            url_col: args.url_col.clone(),
-            caption_col: args.caption_col.clone(),
-            extra_cols: args.save_additional_columns.clone(),
-        },
         output_dir: args.output_folder.clone(),
         shards: ShardConfig {
             samples_per_shard: args.samples_per_shard,
@@ -179,8 +184,8 @@ fn progress_bar() -> ProgressBar {
 
 /// Counts the input rows on a side thread so the bar can show a total and an ETA without
 /// delaying the start (a second streaming pass; memory stays flat).
-fn count_rows_in_background(cfg: &DownloadConfig, bar: ProgressBar) {
-    let (spec, sps, part) = (cfg.input.clone(), cfg.shards.samples_per_shard, cfg.part);
+fn count_rows_in_background(input: &InputSpec, cfg: &DownloadConfig, bar: ProgressBar) {
+    let (spec, sps, part) = (input.clone(), cfg.shards.samples_per_shard, cfg.part);
     std::thread::spawn(move || {
         let Ok(rows) = wit_crawler::input::read_rows(&spec) else {
             return;

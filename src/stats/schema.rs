@@ -275,16 +275,14 @@ pub fn buckets(h: &Histogram) -> Vec<Bucket> {
 /// Converts a numeric sketch into its documented form.
 pub fn distribution(n: &Numeric) -> Distribution {
     let some = |v: f64| (n.count > 0).then_some(v);
-    // The sketch's bucket midpoints can fall outside the exact range; the true quantile cannot.
-    let quantile = |q: f64| n.quantiles.quantile(q).map(|v| v.clamp(n.min, n.max));
     Distribution {
         count: n.count,
         mean: n.mean(),
         min: some(n.min),
         max: some(n.max),
-        p50: quantile(0.5),
-        p90: quantile(0.9),
-        p99: quantile(0.99),
+        p50: n.quantile(0.5),
+        p90: n.quantile(0.9),
+        p99: n.quantile(0.99),
         histogram: buckets(&n.histogram),
     }
 }
