@@ -436,6 +436,33 @@ def bench_html(args, wit, python, work):
     return [(f"test web, {n_pages} pages, {mb:.2f} MB", summary, ratio)]
 
 
+def steps_per_s(out):
+    """The `steps/s: N` line both trainer benchmarks print."""
+    return next(float(l.split(":", 1)[1]) for l in out.splitlines() if l.startswith("steps/s:"))
+
+
+def bench_train(args, wit, torch_python):
+    """Training steps of the `tiny` CLIP on synthetic pairs, all cores each: `wit bench train`
+    against the same model, batch and step in PyTorch (bench/torch_clip.py), alternating A/B.
+    Without a torch venv (the quick run) only wit runs and the row says so."""
+    batch, steps = (16, 2) if args.quick else (128, 20)
+    common = ["--batch-size", str(batch), "--steps", str(steps), "--warmup-steps", "2", "--caption-tokens", "16", "--vocab-size", "4096"]
+    tools = {"wit": [wit, "bench", "train", "--config", "tiny", *common]}
+    if torch_python:
+        script = os.path.join(REPO, "bench", "torch_clip.py")
+        tools["PyTorch"] = [torch_python, script, "--threads", str(os.cpu_count() or 1), *common]
+    runs = {t: [] for t in tools}
+    for rep in range(args.repeats):
+        for tool, cmd in reversed(tools.items()):
+            m = measured(cmd)
+            m["steps/s"] = steps_per_s(m["out"])
+            runs[tool].append(m)
+        print("  train rep %d: " % rep + ", ".join(f"{t} {runs[t][-1]['steps/s']:.3f} steps/s" for t in runs), flush=True)
+    summary = {t: {"steps/s": statistics.median(m["steps/s"] for m in ms), "cpu": statistics.median(m["cpu"] for m in ms), "rss_mb": statistics.median(m["rss_mb"] for m in ms)} for t, ms in runs.items()}
+    ratio = summary["wit"]["steps/s"] / summary["PyTorch"]["steps/s"] if "PyTorch" in summary else None
+    return batch, summary, ratio
+
+
 def git_commit():
     """The short HEAD commit, marked when the working tree differs from it."""
     def git(*a):
@@ -459,7 +486,7 @@ def describe_set(folder, files):
     return f"{len(files)} distinct files ({'/'.join(sorted(exts))}, longest side {min(sides)}–{max(sides)} px)"
 
 
-def render(args, dl_rows, loader_rows, html_rows, load):
+def render(args, dl_rows, loader_rows, html_rows, train_row, load):
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -501,6 +528,12 @@ def render(args, dl_rows, loader_rows, html_rows, load):
         for tool in ("selectolax", "wit"):
             m = s[tool]
             lines.append(f"| {label} | {tool} | {m['pages/s']:.0f} | {m['MB/s']:.2f} | {m['images']:.0f} | {m['links']:.0f} | {'**%.2f×**' % ratio if tool == 'wit' else ''} |")
+    batch, summary, ratio = train_row
+    lines += ["", f"## Trainer on CPU: `wit bench train` vs the same model in PyTorch (`tiny` CLIP, batch {batch}, captions of 16 tokens, f32, {os.cpu_count()} threads each)", "",
+              "| tool | steps/s | samples/s | peak RSS MB | ratio (steps/s) |", "|---|---|---|---|---|"]
+    for tool, m in summary.items():
+        cell = ("**%.2f×**" % ratio if ratio else "PyTorch not run (quick run: no torch venv)") if tool == "wit" else ""
+        lines.append(f"| {tool} | {m['steps/s']:.3f} | {m['steps/s'] * batch:.1f} | {m['rss_mb']:.0f} | {cell} |")
     return "\n".join(lines) + "\n"
 
 
@@ -516,9 +549,11 @@ def main():
     ap.add_argument("--loader-samples", type=int, help="samples each loader run reads (default 3000, quick 128)")
     ap.add_argument("--html-pages", type=int, help="test-web pages for HTML extraction (default 1000, quick 30)")
     ap.add_argument("--repeats", type=int, help="A/B alternations (default 3, quick 1)")
+    ap.add_argument("--torch-python", help="python of a venv with torch, for the trainer comparison (bench/run.sh passes it on full runs)")
     args = ap.parse_args()
     given = sys.argv[1:]
-    args.argv = [a for i, a in enumerate(given) if a not in ("--wit", "--work", "--out") and (i == 0 or given[i - 1] not in ("--wit", "--work", "--out"))]
+    internal = ("--wit", "--work", "--out", "--torch-python")
+    args.argv = [a for i, a in enumerate(given) if a not in internal and (i == 0 or given[i - 1] not in internal)]
     pick = lambda value, quick, full: value if value is not None else (quick if args.quick else full)
     args.repeats = pick(args.repeats, 1, 3)
     args.loader_samples = pick(args.loader_samples, 128, 3000)
@@ -549,7 +584,9 @@ def main():
     ld = bench_loader(args, args.wit, python, work, [("wit shards (synthetic)", os.path.join(out, "wit-synthetic")), ("img2dataset shards (synthetic)", os.path.join(out, "img2dataset-synthetic")), ("img2dataset shards (photos)", os.path.join(out, "img2dataset-photos"))])
     print("html benchmark", flush=True)
     hb = bench_html(args, args.wit, python, work)
-    table = render(args, dl, ld, hb, (load_start, os.getloadavg()[0]))
+    print("trainer benchmark", flush=True)
+    tr = bench_train(args, args.wit, args.torch_python)
+    table = render(args, dl, ld, hb, tr, (load_start, os.getloadavg()[0]))
     with open(args.out, "w") as f:
         f.write(table)
     print(table)

@@ -35,5 +35,17 @@ if ! bench/.work/venv/bin/python -c 'import img2dataset, webdataset, PIL, numpy,
     exit 1
   fi
 fi
+# PyTorch for the trainer comparison (a CUDA-enabled wheel from PyPI, several GB): full runs only.
+TORCH=()
+if [ "$WORK" = bench/.work/full ]; then
+  if [ ! -x bench/.work/torch-venv/bin/python ]; then python3 -m venv bench/.work/torch-venv; fi
+  if ! bench/.work/torch-venv/bin/python -c 'import torch' 2>/dev/null; then
+    if ! bench/.work/torch-venv/bin/python -m pip install --quiet --disable-pip-version-check torch numpy; then
+      echo "bench/run.sh: could not pip install torch into bench/.work/torch-venv (PyPI must be reachable)" >&2
+      exit 1
+    fi
+  fi
+  TORCH=(--torch-python "$PWD/bench/.work/torch-venv/bin/python")
+fi
 flock -u 8
-bench/.work/venv/bin/python bench/bench.py --wit "$WIT" --work "$WORK" --out "$OUT" "$@"
+bench/.work/venv/bin/python bench/bench.py --wit "$WIT" --work "$WORK" --out "$OUT" "${TORCH[@]}" "$@"

@@ -1,7 +1,8 @@
 //! The benchmark harness runs end to end on a tiny input: `bash bench/run.sh --quick` with the
 //! test build of `wit` must install the peers (img2dataset, webdataset, selectolax), run every
 //! comparison against them over 127.0.0.1 and write a results table whose every row is present
-//! and whose every number parses. Timings themselves are never asserted.
+//! and whose every number parses (the trainer row runs wit only: PyTorch is for full runs). Timings
+//! themselves are never asserted.
 
 mod common;
 
@@ -168,4 +169,17 @@ fn quick_bench_writes_a_complete_table() {
             check_row(row, label_cols, ratio_col);
         }
     }
+    let train = section_rows(&md, "## Trainer");
+    let wit = train
+        .iter()
+        .find(|r| r[0] == "wit")
+        .unwrap_or_else(|| panic!("no wit row under ## Trainer:\n{md}"));
+    assert_eq!(wit.len(), 5, "row {wit:?} has the wrong number of cells");
+    for cell in &wit[1..4] {
+        assert!(number(cell, wit) > 0.0, "trainer row {wit:?}");
+    }
+    assert!(
+        wit[4].contains("not run") || number(&wit[4], wit) > 0.0,
+        "the quick run has no PyTorch; the cell says so or holds the ratio: {wit:?}"
+    );
 }

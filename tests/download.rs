@@ -520,3 +520,46 @@ fn dedup_and_repeat_cap_are_decided_in_row_order_and_survive_kills() {
     wit_ok(&download_args(list, killed_s, &flags("near")));
     assert_same_output(&full, &killed, "dedup killed and rerun");
 }
+
+#[test]
+fn malformed_input_lines_become_failed_rows_and_the_run_goes_on() {
+    let web = plain_web();
+    let dir = scratch();
+    let manifest: Vec<_> = web.manifest().into_iter().take(6).collect();
+    let mut lines: Vec<String> = manifest
+        .iter()
+        .map(|r| {
+            serde_json::json!({"url": r.url, "caption": r.caption, "expected": r.expected})
+                .to_string()
+        })
+        .collect();
+    lines.insert(2, "{not json".into());
+    lines.insert(4, r#"{"caption": "a line without a url"}"#.into());
+    let list = dir.path().join("mixed.jsonl");
+    std::fs::write(&list, lines.join("\n") + "\n").unwrap();
+    let out = dir.path().join("out");
+    wit_ok(&download_args(
+        list.to_str().unwrap(),
+        out.to_str().unwrap(),
+        &[],
+    ));
+    let got = metadata(&out);
+    assert_eq!(got.len(), lines.len(), "one status row per input line");
+    for (i, row) in got.iter().enumerate() {
+        let line = i + 1;
+        if line == 3 || line == 5 {
+            assert_eq!(row.status, wit_shards::Status::FailedToDownload);
+            let msg = row.error_message.as_deref().unwrap_or_default();
+            assert!(
+                msg.starts_with("malformed input line") && msg.contains(&format!("line {line}")),
+                "{msg}"
+            );
+        } else {
+            let m = &manifest[i - usize::from(line > 3) - usize::from(line > 5)];
+            assert_eq!(
+                (row.url.as_str(), row.status.as_str()),
+                (m.url.as_str(), m.expected)
+            );
+        }
+    }
+}

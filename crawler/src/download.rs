@@ -309,7 +309,11 @@ fn read_input(
     let sps = cfg.shards.samples_per_shard;
     let mut current: Option<ShardPlan> = None;
     for (index, row) in rows.enumerate() {
-        let row = row?;
+        let row = match row {
+            Ok(row) => Ok(row),
+            Err(e @ InputError::BadLine { .. }) => Err(e.to_string()),
+            Err(e) => return Err(e.into()),
+        };
         let (shard_id, row_in_shard) = (index as u64 / sps, index as u64 % sps);
         if current.as_ref().map(|c| c.shard_id) != Some(shard_id) {
             if let Some(done) = current.take() {
@@ -320,6 +324,22 @@ fn read_input(
         let plan = current.as_mut().expect("set just above");
         plan.rows += 1;
         let wanted = plan.wants(row_in_shard);
+        let row = match row {
+            Ok(row) => row,
+            Err(_) if !wanted => continue,
+            Err(problem) => {
+                let msg = WriterMsg::Record {
+                    shard_id,
+                    row: row_in_shard,
+                    record: Box::new(malformed(problem, cfg.shards.extra_columns.len())),
+                    window: None,
+                };
+                if writer.blocking_send(msg).is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
         if !wanted && !gate.judges_all() {
             continue;
         }
@@ -385,6 +405,17 @@ impl CaptionGate {
             cap.admit(caption)?;
         }
         Ok(language)
+    }
+}
+
+/// The record of an input line that could not be parsed: a failed row that names the file and
+/// line, so the run loses nothing silently and the user can fix the list.
+fn malformed(problem: String, extra_columns: usize) -> SampleRecord {
+    SampleRecord {
+        extra: vec![None; extra_columns],
+        status: Some(Status::FailedToDownload),
+        error_message: Some(format!("malformed input line: {problem}")),
+        ..SampleRecord::default()
     }
 }
 

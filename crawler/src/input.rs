@@ -123,7 +123,18 @@ pub enum InputError {
         /// The flag that names this column.
         flag: &'static str,
     },
-    /// A malformed line or record.
+    /// One malformed line of a csv/tsv/jsonl list: the download records it as a failed row
+    /// (so every input line still ends as one status row) and reads on.
+    #[error("{path}: line {line}: {message}")]
+    BadLine {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// A malformed header, file or record batch: reading cannot go on.
     #[error("{path}: {location}: {message}")]
     Parse {
         /// The file.
@@ -400,12 +411,11 @@ impl Iterator for DelimitedRows {
         let record = match self.records.next()? {
             Ok(r) => r,
             Err(e) => {
-                let line = e.position().map_or(0, |p| p.line());
-                return Some(Err(parse_err(
-                    &self.path,
-                    format!("line {line}"),
-                    e.to_string(),
-                )));
+                return Some(Err(InputError::BadLine {
+                    path: self.path.clone(),
+                    line: e.position().map_or(0, |p| p.line()),
+                    message: e.to_string(),
+                }));
             }
         };
         let get = |i: usize| record.get(i).filter(|v| !v.is_empty()).map(str::to_string);
@@ -441,14 +451,13 @@ fn json_row(
     line_no: usize,
     line: &str,
 ) -> Result<InputRow, InputError> {
+    let bad = |message: String| InputError::BadLine {
+        path: path.to_path_buf(),
+        line: line_no as u64,
+        message,
+    };
     let obj: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(line).map_err(|e| {
-            parse_err(
-                path,
-                format!("line {line_no}"),
-                format!("not a JSON object: {e}"),
-            )
-        })?;
+        serde_json::from_str(line).map_err(|e| bad(format!("not a JSON object: {e}")))?;
     let get = |k: &str| match obj.get(k)? {
         serde_json::Value::Null => None,
         serde_json::Value::String(s) => Some(s.clone()),
@@ -456,7 +465,11 @@ fn json_row(
     };
     let url = get(&spec.url_col).ok_or_else(|| {
         let keys: Vec<String> = obj.keys().cloned().collect();
-        missing(path, &spec.url_col, &keys, "--url-col")
+        bad(format!(
+            "no `{}` key (keys: {}; choose the URL key with --url-col)",
+            spec.url_col,
+            keys.join(", ")
+        ))
     })?;
     Ok(InputRow {
         url,

@@ -4,7 +4,7 @@
 //! thread timing, so any thread count gives the same batches and a restart resumes exactly.
 
 use crate::fetch::{count_samples, Fetched, OrderStream};
-use crate::order::{rng_for, OrderParams, TAG_CROP};
+use crate::order::{rng_for, OrderParams, TAG_CROP, TAG_NEGATIVES};
 use crate::source::{resolve_shards, DefaultSource, ShardSource};
 use crate::stats::{Counters, LoaderStats, SkipReason, Stage};
 use crate::transform::{decode_rgb, CropMode, DecodeError, ImageOutput, Transformer};
@@ -58,6 +58,21 @@ pub struct LoaderConfig {
     pub device: Device,
     /// Where shard bytes come from (local files and http(s) by default).
     pub source: Arc<dyn ShardSource>,
+    /// Hard-negative captions to read with each sample; `None` reads none.
+    pub hard_negatives: Option<HardNegatives>,
+}
+
+/// Where each sample's hard-negative captions are and how many to use. NegCLIP's recipe
+/// (Yuksekgonul et al., 2023): captions that differ from the true one in word order, relation or
+/// one attribute, scored against the image as extra wrong answers, so the model must read the
+/// whole caption instead of its bag of words. Random batches almost never contain such a caption.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HardNegatives {
+    /// Field of the sample's `.json` member holding the captions: a JSON array of strings, or a
+    /// string holding one (parquet columns kept with `--save-additional-columns` arrive as strings).
+    pub field: String,
+    /// At most this many per sample, drawn again each epoch (seeded like the crops).
+    pub per_sample: usize,
 }
 
 impl LoaderConfig {
@@ -84,6 +99,7 @@ impl LoaderConfig {
             single_pass: false,
             device: Device::Cpu,
             source: Arc::new(DefaultSource::default()),
+            hard_negatives: None,
         }
     }
 
@@ -135,6 +151,9 @@ pub struct Batch {
     pub keys: Vec<String>,
     /// Raw captions, for logs and evaluation.
     pub captions: Vec<String>,
+    /// `(N, 77)` u32 token ids of the samples' hard-negative captions, all samples' in a row;
+    /// `None` when no sample of the batch had any (or none were asked for).
+    pub negatives: Option<Tensor>,
 }
 
 /// Streams batches from shards. See the crate documentation for the guarantees.
@@ -310,12 +329,14 @@ impl Loader {
         let mut keys = Vec::with_capacity(b);
         let mut captions = Vec::with_capacity(b);
         let mut tokens = Vec::with_capacity(b * ctx);
+        let mut negatives = Vec::new();
         let mut f32s = Vec::new();
         let mut u8s = Vec::new();
         for item in items {
             keys.push(item.key);
             captions.push(item.caption);
             tokens.extend_from_slice(&item.tokens);
+            negatives.extend(item.negatives.into_iter().flatten());
             match item.pixels {
                 Pixels::F32(v) if f32s.is_empty() => f32s = reserve_then(v, b),
                 Pixels::F32(v) => f32s.extend_from_slice(&v),
@@ -329,11 +350,16 @@ impl Loader {
             ImageOutput::U8 => Tensor::from_vec(u8s, (b, 3, s, s), dev)?,
         };
         let tokens = Tensor::from_vec(tokens, (b, ctx), dev)?;
+        let negatives = match negatives.len() / ctx {
+            0 => None,
+            n => Some(Tensor::from_vec(negatives, (n, ctx), dev)?),
+        };
         Ok(Batch {
             images,
             tokens,
             keys,
             captions,
+            negatives,
         })
     }
 
@@ -367,6 +393,7 @@ impl Loader {
             output: cfg.output,
             tokenizer: cfg.tokenizer.clone(),
             counters: self.counters.clone(),
+            hard_negatives: cfg.hard_negatives.clone(),
         });
         let window = (cfg.prefetch_batches.max(1) * cfg.batch_size).max(2 * cfg.threads.max(1));
         Pipeline::start(stream, self.state.position, window, cfg.threads.max(1), ctx)
@@ -384,6 +411,7 @@ struct Item {
     key: String,
     caption: String,
     tokens: Vec<u32>,
+    negatives: Vec<Vec<u32>>,
     pixels: Pixels,
 }
 
@@ -502,6 +530,7 @@ struct WorkerCtx {
     output: ImageOutput,
     tokenizer: Arc<TextTokenizer>,
     counters: Arc<Counters>,
+    hard_negatives: Option<HardNegatives>,
 }
 
 fn work(jobs: &Mutex<Receiver<Job>>, results: &Sender<Done>, ctx: &WorkerCtx) {
@@ -563,13 +592,52 @@ fn process(
             Pixels::U8(v)
         }
     });
-    let tokens = c
-        .time(Stage::Tokenize, || ctx.tokenizer.encode(caption))
+    let (tokens, negatives) = c
+        .time(Stage::Tokenize, || {
+            let negatives = match &ctx.hard_negatives {
+                Some(h) => {
+                    let mut rng = rng_for(&[ctx.seed, ctx.epoch, ctx.rank, seq, TAG_NEGATIVES]);
+                    choose_negatives(sample, h, &mut rng)
+                        .iter()
+                        .map(|n| ctx.tokenizer.encode(n))
+                        .collect::<Result<Vec<_>, _>>()?
+                }
+                None => Vec::new(),
+            };
+            Ok::<_, LoaderError>((ctx.tokenizer.encode(caption)?, negatives))
+        })
         .map_err(|_| SkipReason::NoCaption)?;
     Ok(Item {
         key: sample.key.clone(),
         caption: caption.to_string(),
         tokens,
+        negatives,
         pixels,
     })
+}
+
+/// Up to `h.per_sample` distinct hard negatives of `sample`, drawn with `rng`. A missing field or
+/// one that is not a list of strings gives none (logged): the sample still trains as a plain pair.
+fn choose_negatives(sample: &Sample, h: &HardNegatives, rng: &mut impl rand::Rng) -> Vec<String> {
+    let value = sample
+        .get("json")
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .and_then(|mut v| v.get_mut(&h.field).map(serde_json::Value::take));
+    let list = match value {
+        Some(serde_json::Value::String(s)) => serde_json::from_str::<Vec<String>>(&s).ok(),
+        Some(v @ serde_json::Value::Array(_)) => serde_json::from_value::<Vec<String>>(v).ok(),
+        _ => None,
+    };
+    let Some(mut list) = list else {
+        tracing::debug!(key = %sample.key, field = %h.field, "no hard-negative list");
+        return Vec::new();
+    };
+    list.retain(|n| !n.trim().is_empty());
+    list.sort_unstable();
+    list.dedup();
+    let k = h.per_sample.min(list.len());
+    rand::seq::index::sample(rng, list.len(), k)
+        .into_iter()
+        .map(|i| std::mem::take(&mut list[i]))
+        .collect()
 }

@@ -13,6 +13,8 @@ const TAG_RESAMPLE: u64 = 2;
 const TAG_BUFFER: u64 = 3;
 /// Tag for the per-sample augmentation generator (used by the decode workers).
 pub(crate) const TAG_CROP: u64 = 4;
+/// Tag for the per-sample choice of hard-negative captions.
+pub(crate) const TAG_NEGATIVES: u64 = 5;
 
 /// SplitMix64 over the parts: a stable, well-mixed seed for each (seed, epoch, rank, ...) tuple.
 pub(crate) fn mix(parts: &[u64]) -> u64 {

@@ -2,6 +2,7 @@
 //! peers on the same machine and data.
 
 mod html;
+mod train;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -24,6 +25,11 @@ pub enum Command {
     /// Prints `pages/s: N` and `MB/s: N`.
     /// Example: wit bench html --pages saved-pages/ --repeat 5
     Html(html::HtmlBenchArgs),
+    /// Time training steps of a model config on synthetic pairs (compare: bench/torch_clip.py).
+    ///
+    /// Prints `steps/s: N` and `samples/s: N`.
+    /// Example: wit bench train --config tiny --batch-size 128 --steps 20
+    Train(train::TrainBenchArgs),
 }
 
 /// The crop used by `wit bench loader`.
@@ -75,6 +81,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Loader(args) => bench_loader(args),
         Command::Html(args) => html::bench_html(args),
+        Command::Train(args) => train::bench_train(args),
     }
 }
 

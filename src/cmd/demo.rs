@@ -3,13 +3,19 @@
 //! prints each command line first so the demo doubles as a tutorial.
 
 use super::Cli;
-use crate::testweb::{scene, TestWeb, TestWebConfig};
+use crate::testweb::scene::{self, Attribute};
+use crate::testweb::{TestWeb, TestWebConfig};
 use anyhow::{ensure, Context};
+use arrow_array::{ArrayRef, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
 use clap::Parser;
+use parquet::arrow::ArrowWriter;
+use rand::SeedableRng;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
-use wit_crawler::pairs::{read_pairs, PairsWriter};
+use wit_crawler::pairs::{read_pairs, Pair};
 
 /// Run the whole chain on the embedded test web: start it on 127.0.0.1, crawl it, split the
 /// pairs into training pairs and held-out pairs (caption combinations never seen in training),
@@ -36,6 +42,9 @@ pub struct Args {
     /// Pairs per training batch.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
+    /// Hard-negative captions per training pair (minimal edits of its caption; 0: plain CLIP).
+    #[arg(long, default_value_t = 1)]
+    pub negatives_per_sample: usize,
 }
 
 /// Runs `wit demo`.
@@ -67,7 +76,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "--max-depth",
         "50",
     ])?;
-    let (train, held_out) = split_pairs(&args.dir.join("crawl/pairs.parquet"), &args.dir)?;
+    let (train, held_out) =
+        split_pairs(&args.dir.join("crawl/pairs.parquet"), &args.dir, args.seed)?;
     println!("== split: {train} training pairs, {held_out} held-out pairs (unseen combinations)");
     for part in ["train", "heldout"] {
         step(&[
@@ -85,6 +95,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "center_crop",
             "--samples-per-shard",
             "1000",
+            "--save-additional-columns",
+            "negatives",
         ])?;
     }
     step(&[
@@ -111,6 +123,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &(args.steps / 10).to_string(),
         "--seed",
         &args.seed.to_string(),
+        "--hard-negatives",
+        "negatives",
+        "--negatives-per-sample",
+        &args.negatives_per_sample.to_string(),
         "--out",
         &dir("model"),
     ])?;
@@ -150,17 +166,109 @@ fn step(args: &[&str]) -> anyhow::Result<()> {
 /// Splits the crawled pairs into `pairs-train.parquet` and `pairs-heldout.parquet`: a pair whose
 /// caption describes a held-out combination of the test web's grammar goes to evaluation only.
 /// Captions outside the grammar (decorative alts, file names) stay in training as real-web noise.
-fn split_pairs(pairs: &Path, dir: &Path) -> anyhow::Result<(u64, u64)> {
-    let mut train = PairsWriter::create(&dir.join("pairs-train.parquet"))?;
-    let mut held_out = PairsWriter::create(&dir.join("pairs-heldout.parquet"))?;
+/// Both files carry a `negatives` column: for grammar captions, a JSON list of minimal edits (the
+/// hard negatives `wit train --hard-negatives negatives` reads), else null.
+fn split_pairs(pairs: &Path, dir: &Path, seed: u64) -> anyhow::Result<(u64, u64)> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut train = NegativesWriter::create(&dir.join("pairs-train.parquet"))?;
+    let mut held_out = NegativesWriter::create(&dir.join("pairs-heldout.parquet"))?;
     for pair in read_pairs(pairs)? {
         let pair = pair?;
-        let unseen = scene::parse_caption(&pair.caption).is_some_and(|s| scene::is_held_out(&s));
-        if unseen {
-            held_out.write(pair)?;
-        } else {
-            train.write(pair)?;
+        let scene = scene::parse_caption(&pair.caption);
+        let negatives = scene
+            .map(|s| scene::hard_negative_captions(&s, negatives_per_attribute, &mut rng))
+            .map(|n| serde_json::to_string(&n))
+            .transpose()?;
+        match scene.is_some_and(|s| scene::is_held_out(&s)) {
+            true => held_out.write(pair, negatives)?,
+            false => train.write(pair, negatives)?,
         }
     }
     Ok((train.finish()?, held_out.finish()?))
+}
+
+/// Minimal edits kept per attribute as a pair's hard negatives. Relations and swaps are what
+/// random batches never test (colours and backgrounds differ between almost any two captions),
+/// so they get every edit there is, shape/count/colour one each, background none.
+fn negatives_per_attribute(attr: Attribute) -> usize {
+    match attr {
+        Attribute::Position | Attribute::Swap => usize::MAX,
+        Attribute::Shape | Attribute::Count | Attribute::Colour => 1,
+        Attribute::Background => 0,
+    }
+}
+
+/// Rows per parquet row group of the split files (bounds the writer's memory).
+const SPLIT_ROWS_PER_GROUP: usize = 8192;
+
+/// Writes `url`, `caption`, `page_url`, `negatives` rows to parquet in bounded row groups, under a
+/// temporary name renamed on `finish` (a killed demo never leaves a truncated table).
+struct NegativesWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    writer: ArrowWriter<std::fs::File>,
+    schema: Arc<Schema>,
+    rows: Vec<(Pair, Option<String>)>,
+    written: u64,
+}
+
+impl NegativesWriter {
+    fn create(path: &Path) -> anyhow::Result<Self> {
+        let tmp = path.with_extension("parquet.tmp");
+        let file = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let text = |name: &str, nullable| Field::new(name, DataType::Utf8, nullable);
+        let schema = Arc::new(Schema::new(vec![
+            text("url", false),
+            text("caption", false),
+            text("page_url", false),
+            text("negatives", true),
+        ]));
+        Ok(NegativesWriter {
+            path: path.to_path_buf(),
+            tmp,
+            writer: ArrowWriter::try_new(file, schema.clone(), None)?,
+            schema,
+            rows: Vec::new(),
+            written: 0,
+        })
+    }
+
+    fn write(&mut self, pair: Pair, negatives: Option<String>) -> anyhow::Result<()> {
+        self.rows.push((pair, negatives));
+        if self.rows.len() >= SPLIT_ROWS_PER_GROUP {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.rows);
+        let strings = |f: &dyn Fn(&(Pair, Option<String>)) -> Option<&str>| -> ArrayRef {
+            Arc::new(rows.iter().map(f).collect::<StringArray>())
+        };
+        let batch = RecordBatch::try_new(
+            self.schema.clone(),
+            vec![
+                strings(&|r| Some(&r.0.url)),
+                strings(&|r| Some(&r.0.caption)),
+                strings(&|r| Some(&r.0.page_url)),
+                strings(&|r| r.1.as_deref()),
+            ],
+        )?;
+        self.writer.write(&batch)?;
+        self.written += rows.len() as u64;
+        Ok(())
+    }
+
+    fn finish(mut self) -> anyhow::Result<u64> {
+        self.flush()?;
+        self.writer.close()?;
+        std::fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("cannot rename {} into place", self.tmp.display()))?;
+        Ok(self.written)
+    }
 }

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use wit_loader::{CropMode, Loader, LoaderConfig, LoaderState, TextTokenizer};
+use wit_loader::{CropMode, HardNegatives, Loader, LoaderConfig, LoaderState, TextTokenizer};
 use wit_trainer::candle::Device;
 use wit_trainer::{AdamWConfig, ClipConfig, MicroBatch, StepStats, TrainConfig, Trainer};
 
@@ -65,6 +65,16 @@ pub struct Args {
     /// Loader decode threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// NegCLIP's hard negatives: the field of each sample's `.json` member that lists captions
+    /// which are wrong for its image (a JSON array, or a string holding one — e.g. a column kept by
+    /// `wit download --save-additional-columns`). Each image must rank its caption above them,
+    /// which teaches word order, relations and attribute binding that random batches never test.
+    #[arg(long, value_name = "FIELD")]
+    pub hard_negatives: Option<String>,
+    /// Hard negatives drawn per sample and epoch from `--hard-negatives` (each costs one more
+    /// caption through the text tower).
+    #[arg(long, default_value_t = 1, requires = "hard_negatives")]
+    pub negatives_per_sample: usize,
     /// Save a checkpoint every this many steps (and always at the end).
     #[arg(long, default_value_t = 500)]
     pub save_every: u64,
@@ -95,6 +105,7 @@ pub fn micro_batch(b: wit_loader::Batch) -> MicroBatch {
     MicroBatch {
         images: b.images,
         tokens: b.tokens,
+        negatives: b.negatives,
     }
 }
 
@@ -184,6 +195,10 @@ fn loader(
     cfg.crop = args.crop;
     cfg.seed = trainer.config().seed;
     cfg.device = device.clone();
+    cfg.hard_negatives = args.hard_negatives.clone().map(|field| HardNegatives {
+        field,
+        per_sample: args.negatives_per_sample,
+    });
     if let Some(t) = args.threads {
         cfg.threads = t;
     }

@@ -496,6 +496,30 @@ pub fn minimal_edits(scene: &Scene) -> Vec<(Attribute, Scene)> {
     out
 }
 
+/// Hard-negative captions for training (NegCLIP's recipe): captions of minimal edits of `scene`,
+/// at most `cap(attribute)` of each attribute (drawn with `rng`), never a held-out combination,
+/// so evaluation text stays unseen.
+pub fn hard_negative_captions(
+    scene: &Scene,
+    cap: impl Fn(Attribute) -> usize,
+    rng: &mut impl Rng,
+) -> Vec<String> {
+    let edits = minimal_edits(scene);
+    let mut out = Vec::new();
+    for attr in Attribute::ALL {
+        let mut mine: Vec<&Scene> = edits
+            .iter()
+            .filter(|(a, s)| *a == attr && !is_held_out(s))
+            .map(|(_, s)| s)
+            .collect();
+        while mine.len() > cap(attr) {
+            mine.swap_remove(rng.random_range(0..mine.len()));
+        }
+        out.extend(mine.into_iter().map(caption));
+    }
+    out
+}
+
 fn with_object(scene: &Scene, idx: usize, edit: impl FnOnce(&mut Object)) -> Scene {
     let mut s = *scene;
     match (idx, &mut s.second) {

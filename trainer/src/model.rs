@@ -405,26 +405,27 @@ impl TextTower {
         })
     }
 
-    /// Row-major positions of each row's end-of-text token in the flattened (B*T) token grid.
-    fn eot_rows(&self, tokens: &[Vec<u32>]) -> Vec<u32> {
+    /// Position of each row's end-of-text token.
+    fn eot_positions(&self, tokens: &[Vec<u32>]) -> Vec<usize> {
         tokens
             .iter()
-            .enumerate()
-            .map(|(i, row)| {
-                let pos = match self.eot {
-                    Some(id) => row.iter().position(|&t| t == id).unwrap_or(row.len() - 1),
-                    None => (0..row.len()).rev().max_by_key(|&j| row[j]).unwrap_or(0),
-                };
-                (i * row.len() + pos) as u32
+            .map(|row| match self.eot {
+                Some(id) => row.iter().position(|&t| t == id).unwrap_or(row.len() - 1),
+                None => (0..row.len()).rev().max_by_key(|&j| row[j]).unwrap_or(0),
             })
             .collect()
     }
 
     fn forward(&self, tokens: &Tensor, dtype: DType) -> CResult<Tensor> {
         let (b, len) = tokens.dims2()?;
-        let t = len.min(self.context);
-        let tokens = tokens.narrow(1, 0, t)?.to_dtype(DType::U32)?;
-        let rows = tokens.to_vec2::<u32>()?;
+        let tokens = tokens
+            .narrow(1, 0, len.min(self.context))?
+            .to_dtype(DType::U32)?;
+        let ends = self.eot_positions(&tokens.to_vec2::<u32>()?);
+        // Attention is causal: nothing after the last end-of-text token of the batch reaches any
+        // row's feature, so the padding tail is cut (exact; short captions cost short sequences).
+        let t = ends.iter().max().map_or(0, |m| m + 1).max(1);
+        let tokens = tokens.narrow(1, 0, t)?;
         let device = tokens.device();
         let width = self.token.dim(1)?;
         let x = cast(&self.token, dtype)?
@@ -437,7 +438,12 @@ impl TextTower {
             x = block.forward(&x, Some(&mask))?;
         }
         let x = self.ln_final.forward(&x)?;
-        let idx = Tensor::new(self.eot_rows(&rows), device)?;
+        let rows: Vec<u32> = ends
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i * t + p) as u32)
+            .collect();
+        let idx = Tensor::new(rows, device)?;
         let x = x.reshape((b * t, width))?.index_select(&idx, 0)?;
         self.proj.forward(&x)
     }
@@ -581,18 +587,27 @@ impl ClipModel {
 }
 
 /// The CLIP loss: symmetric cross-entropy over the `B × B` cosine-similarity logits scaled by
-/// `exp(logit_scale)`; row i's positive is column i.
+/// `exp(logit_scale)`; row i's positive is column i. `negatives` (`N × D` text features) are
+/// NegCLIP's hard negatives: extra wrong captions in the image→text direction only (each image
+/// must rank its caption above them too); the text→image direction stays `B × B`.
 pub fn clip_loss(
     image: &Tensor,
     text: &Tensor,
+    negatives: Option<&Tensor>,
     logit_scale: &Tensor,
 ) -> candle_core::Result<Tensor> {
     let n = image.dim(0)?;
-    let logits = image
-        .matmul(&text.t()?)?
-        .broadcast_mul(&logit_scale.exp()?)?;
+    let scale = logit_scale.exp()?;
+    let logits = image.matmul(&text.t()?)?.broadcast_mul(&scale)?;
     let labels = Tensor::arange(0u32, n as u32, image.device())?;
-    let a = candle_nn::loss::cross_entropy(&logits, &labels)?;
+    let image_to_text = match negatives {
+        Some(neg) => {
+            let neg_logits = image.matmul(&neg.t()?)?.broadcast_mul(&scale)?;
+            Tensor::cat(&[&logits, &neg_logits], 1)?
+        }
+        None => logits.clone(),
+    };
+    let a = candle_nn::loss::cross_entropy(&image_to_text, &labels)?;
     let b = candle_nn::loss::cross_entropy(&logits.t()?.contiguous()?, &labels)?;
     (a + b)? * 0.5
 }

@@ -52,6 +52,64 @@ pub struct MicroBatch {
     pub images: Tensor,
     /// `(B, L)` token ids; `L` may exceed the model's context (it is cut).
     pub tokens: Tensor,
+    /// `(N, L)` token ids of hard-negative captions (NegCLIP): wrong answers every image of the
+    /// accumulated batch must rank below its own caption. `None`: plain CLIP.
+    pub negatives: Option<Tensor>,
+}
+
+/// Features of one micro-batch: images, captions and hard negatives (if any).
+struct Features {
+    image: Tensor,
+    text: Tensor,
+    negatives: Option<Tensor>,
+}
+
+impl Features {
+    /// Encodes `b`; captions and negatives go through the text tower in one pass.
+    fn of(m: &ClipModel, b: &MicroBatch) -> Result<Features, TrainError> {
+        let image = m.encode_image(&b.images)?;
+        let Some(neg) = &b.negatives else {
+            let text = m.encode_text(&b.tokens)?;
+            return Ok(Features {
+                image,
+                text,
+                negatives: None,
+            });
+        };
+        let n = b.tokens.dim(0)?;
+        let all = m.encode_text(&Tensor::cat(&[&b.tokens, neg], 0)?)?;
+        let extra = all.dim(0)? - n;
+        Ok(Features {
+            image,
+            text: all.narrow(0, 0, n)?,
+            negatives: Some(all.narrow(0, n, extra)?),
+        })
+    }
+
+    fn detach(&self) -> Features {
+        Features {
+            image: self.image.detach(),
+            text: self.text.detach(),
+            negatives: self.negatives.as_ref().map(Tensor::detach),
+        }
+    }
+}
+
+/// The loss of micro-batch features placed side by side as one contrastive batch.
+fn joint_loss(parts: &[&Features], scale: &Tensor) -> Result<Tensor, TrainError> {
+    let images: Vec<&Tensor> = parts.iter().map(|f| &f.image).collect();
+    let texts: Vec<&Tensor> = parts.iter().map(|f| &f.text).collect();
+    let negatives: Vec<&Tensor> = parts.iter().filter_map(|f| f.negatives.as_ref()).collect();
+    let negatives = match negatives.len() {
+        0 => None,
+        _ => Some(Tensor::cat(&negatives, 0)?),
+    };
+    Ok(clip_loss(
+        &Tensor::cat(&images, 0)?,
+        &Tensor::cat(&texts, 0)?,
+        negatives.as_ref(),
+        scale,
+    )?)
 }
 
 /// What one optimiser step did, for logs and progress bars.
@@ -155,9 +213,7 @@ impl Trainer {
     pub fn gradients(&self, micro: &[MicroBatch]) -> Result<Gradients, TrainError> {
         let m = &self.model;
         if micro.len() == 1 {
-            let img = m.encode_image(&micro[0].images)?;
-            let txt = m.encode_text(&micro[0].tokens)?;
-            let loss = clip_loss(&img, &txt, m.logit_scale())?;
+            let loss = joint_loss(&[&Features::of(m, &micro[0])?], m.logit_scale())?;
             let grads = self.collect(&loss.backward()?);
             return Ok(Gradients {
                 loss: scalar(&loss)?,
@@ -166,27 +222,16 @@ impl Trainer {
         }
         let cached = micro
             .iter()
-            .map(|b| {
-                Ok((
-                    m.encode_image(&b.images)?.detach(),
-                    m.encode_text(&b.tokens)?.detach(),
-                ))
-            })
+            .map(|b| Ok(Features::of(m, b)?.detach()))
             .collect::<Result<Vec<_>, TrainError>>()?;
         let mut total: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut loss_value = 0.0;
         for (j, batch) in micro.iter().enumerate() {
-            let img = m.encode_image(&batch.images)?;
-            let txt = m.encode_text(&batch.tokens)?;
-            let imgs: Vec<&Tensor> = cached
+            let live = Features::of(m, batch)?;
+            let parts: Vec<&Features> = cached
                 .iter()
                 .enumerate()
-                .map(|(i, c)| if i == j { &img } else { &c.0 })
-                .collect();
-            let txts: Vec<&Tensor> = cached
-                .iter()
-                .enumerate()
-                .map(|(i, c)| if i == j { &txt } else { &c.1 })
+                .map(|(i, c)| if i == j { &live } else { c })
                 .collect();
             // logit_scale feeds every micro-step's loss; let only the first count it so the sum is exact.
             let scale = if j == 0 {
@@ -194,7 +239,7 @@ impl Trainer {
             } else {
                 m.logit_scale().detach()
             };
-            let loss = clip_loss(&Tensor::cat(&imgs, 0)?, &Tensor::cat(&txts, 0)?, &scale)?;
+            let loss = joint_loss(&parts, &scale)?;
             if j == 0 {
                 loss_value = scalar(&loss)?;
             }

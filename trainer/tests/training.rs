@@ -63,6 +63,7 @@ fn batch(classes: &[usize], rng: &mut ChaCha8Rng, dtype: DType) -> MicroBatch {
             .to_dtype(dtype)
             .unwrap(),
         tokens: Tensor::from_vec(toks.concat(), (b, 8), &Device::Cpu).unwrap(),
+        negatives: None,
     }
 }
 
@@ -133,23 +134,34 @@ fn loss_falls_on_a_fixed_batch() {
     assert!(last < 0.3 * first, "loss went from {first} to {last}");
 }
 
-/// The CLIP loss written out by hand in f64 from the embeddings.
-fn reference_loss(img: &[Vec<f64>], txt: &[Vec<f64>], scale: f64) -> f64 {
+/// The CLIP loss written out by hand in f64 from the embeddings; `neg` are hard-negative text
+/// embeddings that only the image→text rows see.
+fn reference_loss(img: &[Vec<f64>], txt: &[Vec<f64>], neg: &[Vec<f64>], scale: f64) -> f64 {
     let n = img.len();
-    let logits: Vec<Vec<f64>> = (0..n)
-        .map(|i| {
-            (0..n)
-                .map(|j| scale.exp() * img[i].iter().zip(&txt[j]).map(|(a, b)| a * b).sum::<f64>())
-                .collect()
-        })
-        .collect();
-    let ce = |row: &dyn Fn(usize) -> f64, i: usize| {
-        let lse = (0..n).map(row).map(f64::exp).sum::<f64>().ln();
-        lse - row(i)
+    let dot = |a: &[f64], b: &[f64]| scale.exp() * a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let columns: Vec<&Vec<f64>> = txt.iter().chain(neg).collect();
+    let ce = |logits: Vec<f64>, i: usize| {
+        let lse = logits.iter().map(|l| l.exp()).sum::<f64>().ln();
+        lse - logits[i]
     };
-    let rows: f64 = (0..n).map(|i| ce(&|j| logits[i][j], i)).sum();
-    let cols: f64 = (0..n).map(|i| ce(&|j| logits[j][i], i)).sum();
+    let rows: f64 = (0..n)
+        .map(|i| ce(columns.iter().map(|c| dot(&img[i], c)).collect(), i))
+        .sum();
+    let cols: f64 = (0..n)
+        .map(|i| ce(img.iter().map(|m| dot(m, &txt[i])).collect(), i))
+        .sum();
     (rows + cols) / (2.0 * n as f64)
+}
+
+fn embed(t: &Trainer, b: &MicroBatch) -> (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let m = t.model();
+    let img = m.encode_image(&b.images).unwrap().to_vec2::<f64>().unwrap();
+    let txt = m.encode_text(&b.tokens).unwrap().to_vec2::<f64>().unwrap();
+    let neg = match &b.negatives {
+        Some(n) => m.encode_text(n).unwrap().to_vec2::<f64>().unwrap(),
+        None => Vec::new(),
+    };
+    (img, txt, neg)
 }
 
 #[test]
@@ -157,21 +169,64 @@ fn loss_matches_a_hand_computed_reference() {
     let t = trainer(DType::F64, TrainConfig::default());
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let b = batch(&[1, 2, 3, 40, 50], &mut rng, DType::F64);
-    let img = t
-        .model()
-        .encode_image(&b.images)
-        .unwrap()
-        .to_vec2::<f64>()
-        .unwrap();
-    let txt = t
-        .model()
-        .encode_text(&b.tokens)
-        .unwrap()
-        .to_vec2::<f64>()
-        .unwrap();
-    let want = reference_loss(&img, &txt, wit_trainer::model::LOGIT_SCALE_INIT);
+    let (img, txt, neg) = embed(&t, &b);
+    let want = reference_loss(&img, &txt, &neg, wit_trainer::model::LOGIT_SCALE_INIT);
     let got = t.gradients(&[b]).unwrap().loss;
     assert!((got - want).abs() < 1e-10, "loss {got} vs reference {want}");
+}
+
+/// A batch of `classes` whose hard negatives are the captions of `negative_classes`.
+fn batch_with_negatives(classes: &[usize], negative_classes: &[usize], seed: u64) -> MicroBatch {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut b = batch(classes, &mut rng, DType::F64);
+    b.negatives = Some(batch(negative_classes, &mut rng, DType::F64).tokens);
+    b
+}
+
+#[test]
+fn hard_negatives_are_extra_image_to_text_columns() {
+    let t = trainer(DType::F64, TrainConfig::default());
+    let b = batch_with_negatives(&[1, 2, 3, 40, 50], &[5, 6, 7], 9);
+    let (img, txt, neg) = embed(&t, &b);
+    assert_eq!(neg.len(), 3);
+    let scale = wit_trainer::model::LOGIT_SCALE_INIT;
+    let want = reference_loss(&img, &txt, &neg, scale);
+    let got = t.gradients(std::slice::from_ref(&b)).unwrap().loss;
+    assert!((got - want).abs() < 1e-10, "loss {got} vs reference {want}");
+    let plain = reference_loss(&img, &txt, &[], scale);
+    assert!(
+        got > plain,
+        "negatives must add wrong answers: {got} vs {plain}"
+    );
+    let grads = t.gradients(&[b]).unwrap().grads;
+    assert!(norm(&grads["text_model.embeddings.token_embedding.weight"]) > 0.0);
+}
+
+#[test]
+fn accumulated_gradients_with_negatives_equal_one_big_batch() {
+    let t = trainer(DType::F64, TrainConfig::default());
+    let whole = batch_with_negatives(&[2, 4, 8, 16], &[9, 10, 11, 12], 12);
+    let neg = whole.negatives.clone().unwrap();
+    let part = |s: usize| MicroBatch {
+        images: whole.images.narrow(0, s, 2).unwrap(),
+        tokens: whole.tokens.narrow(0, s, 2).unwrap(),
+        negatives: Some(neg.narrow(0, s, 2).unwrap()),
+    };
+    let one = t.gradients(std::slice::from_ref(&whole)).unwrap();
+    let acc = t.gradients(&[part(0), part(2)]).unwrap();
+    assert!(
+        (one.loss - acc.loss).abs() < 1e-12,
+        "loss {} vs {}",
+        one.loss,
+        acc.loss
+    );
+    for (name, g) in &one.grads {
+        let d = norm(&(&acc.grads[name] - g).unwrap());
+        assert!(
+            d <= 1e-9 * norm(g) + 1e-14,
+            "{name}: accumulated gradient differs by {d}"
+        );
+    }
 }
 
 #[test]
@@ -183,6 +238,7 @@ fn f32_loss_and_gradients_match_f64() {
     let b32 = MicroBatch {
         images: b64.images.to_dtype(DType::F32).unwrap(),
         tokens: b64.tokens.clone(),
+        negatives: None,
     };
     let g32 = t32.gradients(&[b32]).unwrap();
     let g64 = t64.gradients(&[b64]).unwrap();
@@ -263,6 +319,7 @@ fn accumulated_gradients_equal_one_big_batch() {
     let part = |s: usize| MicroBatch {
         images: whole.images.narrow(0, s, 2).unwrap(),
         tokens: whole.tokens.narrow(0, s, 2).unwrap(),
+        negatives: None,
     };
     let one = t.gradients(std::slice::from_ref(&whole)).unwrap();
     let acc = t.gradients(&[part(0), part(2), part(4)]).unwrap();
@@ -443,4 +500,37 @@ fn bf16_compute_keeps_f32_master_weights_and_close_gradients() {
         let cos = dot / (norm(gb) * norm(g));
         assert!(cos > 0.98, "{name}: bf16 gradient cosine {cos}");
     }
+}
+
+#[test]
+fn padding_after_the_end_token_never_changes_a_caption_feature() {
+    let t = trainer(DType::F64, TrainConfig::default());
+    let short = Tensor::new(&[[1u32, 4, 5, 15, 0, 0, 0, 0]], &Device::Cpu).unwrap();
+    let long = Tensor::new(
+        &[[1u32, 4, 5, 15, 0, 0, 0, 0], [2, 3, 6, 8, 9, 11, 12, 15]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let alone = t
+        .model()
+        .encode_text(&short)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
+    let beside = t
+        .model()
+        .encode_text(&long)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
+    let diff = alone[0]
+        .iter()
+        .zip(&beside[0])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        diff < 1e-12,
+        "a longer neighbour changed the feature by {diff}"
+    );
+    assert!(beside[1].iter().any(|v| v.abs() > 1e-6));
 }
