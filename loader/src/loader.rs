@@ -7,7 +7,9 @@ use crate::fetch::{count_samples, Fetched, OrderStream};
 use crate::order::{rng_for, OrderParams, TAG_CROP, TAG_NEGATIVES};
 use crate::source::{resolve_shards, DefaultSource, ShardSource};
 use crate::stats::{Counters, LoaderStats, SkipReason, Stage};
-use crate::transform::{decode_rgb, CropMode, DecodeError, ImageOutput, Transformer};
+use crate::transform::{
+    decode_rgb, normalize_planar_into, CropMode, DecodeError, ImageOutput, Transformer,
+};
 use crate::{LoaderError, TextTokenizer};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -330,18 +332,24 @@ impl Loader {
         let mut captions = Vec::with_capacity(b);
         let mut tokens = Vec::with_capacity(b * ctx);
         let mut negatives = Vec::new();
+        // Workers deliver planar u8; f32 output is normalised here, straight into the batch.
+        let per_sample = 3 * s * s;
         let mut f32s = Vec::new();
         let mut u8s = Vec::new();
+        match self.cfg.output {
+            ImageOutput::Normalized => f32s.reserve_exact(b * per_sample),
+            ImageOutput::U8 => u8s.reserve_exact(b * per_sample),
+        }
+        prefer_huge_pages(&mut f32s);
+        prefer_huge_pages(&mut u8s);
         for item in items {
             keys.push(item.key);
             captions.push(item.caption);
             tokens.extend_from_slice(&item.tokens);
             negatives.extend(item.negatives.into_iter().flatten());
-            match item.pixels {
-                Pixels::F32(v) if f32s.is_empty() => f32s = reserve_then(v, b),
-                Pixels::F32(v) => f32s.extend_from_slice(&v),
-                Pixels::U8(v) if u8s.is_empty() => u8s = reserve_then(v, b),
-                Pixels::U8(v) => u8s.extend_from_slice(&v),
+            match self.cfg.output {
+                ImageOutput::Normalized => normalize_planar_into(&item.planar, &mut f32s),
+                ImageOutput::U8 => u8s.extend_from_slice(&item.planar),
             }
         }
         let dev = &self.cfg.device;
@@ -390,7 +398,6 @@ impl Loader {
             rank: cfg.rank as u64,
             image_size: cfg.image_size,
             crop: cfg.crop,
-            output: cfg.output,
             tokenizer: cfg.tokenizer.clone(),
             counters: self.counters.clone(),
             hard_negatives: cfg.hard_negatives.clone(),
@@ -400,10 +407,30 @@ impl Loader {
     }
 }
 
-fn reserve_then<T: Copy>(first: Vec<T>, n: usize) -> Vec<T> {
-    let mut v = Vec::with_capacity(first.len() * n);
-    v.extend_from_slice(&first);
-    v
+/// Asks Linux to back a large, still untouched batch buffer with transparent huge pages.
+///
+/// Every batch is a fresh allocation (the tensor takes ownership), so its pages are faulted in
+/// on first write: for 256 × 224² f32 images that is ~37,000 4 KiB page faults per batch, which
+/// was a third of the loader's CPU time (system time). With 2 MiB pages it is ~75. Advice only:
+/// where huge pages are unavailable (or not Linux) nothing changes.
+fn prefer_huge_pages<T>(buf: &mut Vec<T>) {
+    const MIN_BYTES: usize = 4 << 20;
+    let bytes = buf.capacity() * std::mem::size_of::<T>();
+    if bytes < MIN_BYTES {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let start = (buf.as_mut_ptr() as usize).next_multiple_of(page);
+        let end = (buf.as_mut_ptr() as usize + bytes) / page * page;
+        if end > start {
+            // SAFETY: madvise only gives advice about pages inside this Vec's own allocation;
+            // it reads, writes and unmaps nothing.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
 }
 
 /// A decoded sample waiting to be collated.
@@ -411,13 +438,10 @@ struct Item {
     key: String,
     caption: String,
     tokens: Vec<u32>,
+    /// Token rows of the hard negatives chosen for this sample.
     negatives: Vec<Vec<u32>>,
-    pixels: Pixels,
-}
-
-enum Pixels {
-    F32(Vec<f32>),
-    U8(Vec<u8>),
+    /// The cropped image, planar CHW u8.
+    planar: Vec<u8>,
 }
 
 /// `None` marks the end of a single pass.
@@ -527,7 +551,6 @@ struct WorkerCtx {
     rank: u64,
     image_size: u32,
     crop: CropMode,
-    output: ImageOutput,
     tokenizer: Arc<TextTokenizer>,
     counters: Arc<Counters>,
     hard_negatives: Option<HardNegatives>,
@@ -580,17 +603,10 @@ fn process(
     let rgb = c
         .time(Stage::Resize, || t.crop_resize(&img, crop))
         .map_err(|_| SkipReason::CorruptImage)?;
-    let pixels = c.time(Stage::Normalize, || match ctx.output {
-        ImageOutput::Normalized => {
-            let mut v = Vec::with_capacity(rgb.len());
-            t.normalize_into(&rgb, &mut v);
-            Pixels::F32(v)
-        }
-        ImageOutput::U8 => {
-            let mut v = Vec::with_capacity(rgb.len());
-            Transformer::planar_into(&rgb, &mut v);
-            Pixels::U8(v)
-        }
+    let planar = c.time(Stage::Normalize, || {
+        let mut v = Vec::with_capacity(rgb.len());
+        Transformer::planar_into(&rgb, &mut v);
+        v
     });
     let (tokens, negatives) = c
         .time(Stage::Tokenize, || {
@@ -612,7 +628,7 @@ fn process(
         caption: caption.to_string(),
         tokens,
         negatives,
-        pixels,
+        planar,
     })
 }
 

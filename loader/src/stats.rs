@@ -46,11 +46,11 @@ pub struct LoaderStats {
     pub decode_s: f64,
     /// Seconds cropping and resizing, summed over worker threads.
     pub resize_s: f64,
-    /// Seconds normalising / converting to planar, summed over worker threads.
+    /// Seconds converting crops to planar u8, summed over worker threads.
     pub normalize_s: f64,
     /// Seconds tokenizing captions, summed over worker threads.
     pub tokenize_s: f64,
-    /// Seconds assembling batch tensors (caller thread).
+    /// Seconds assembling batch tensors, including normalisation to f32 (caller thread).
     pub collate_s: f64,
     /// Seconds the caller waited for decoded samples.
     pub wait_s: f64,
