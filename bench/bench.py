@@ -502,32 +502,42 @@ def render(args, dl_rows, loader_rows, html_rows, train_row, load):
         + (" — other processes were busy: absolute numbers are depressed, ratios less so" if max(load) > 0.5 * (os.cpu_count() or 1) else ""),
         f"- commit: {git_commit()}",
         f"- command: `{' '.join(['bash', 'bench/run.sh'] + args.argv)}` (A/B alternated {args.repeats}×, medians)",
-        f"- image sets, each file requested under many unique URLs (`?n=i`) from `wit testweb --static` on 127.0.0.1:",
-        f"  synthetic = the test web's generated photos, {args.sets['synthetic']};",
-        f"  photos = real photographs shipped in the scikit-image and scikit-learn wheels, {args.sets['photos']}",
-        "",
-        "## Download: wit vs img2dataset (256 px, border, jpg q95, 1,000 per shard, "
-        f"{args.threads} threads/requests in flight)",
-        "",
-        "| image set | URLs | tool | wall s | CPU s | images / CPU-s | success | peak RSS MB | output MB | ratio (wit / img2dataset, images per CPU-s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, n, s, ratio in dl_rows:
+    if args.sets:
+        lines += [
+            f"- image sets, each file requested under many unique URLs (`?n=i`) from `wit testweb --static` on 127.0.0.1:",
+            f"  synthetic = the test web's generated photos, {args.sets['synthetic']};",
+            f"  photos = real photographs shipped in the scikit-image and scikit-learn wheels, {args.sets['photos']}",
+        ]
+    if dl_rows is not None:
+        lines += [
+            "",
+            "## Download: wit vs img2dataset (256 px, border, jpg q95, 1,000 per shard, "
+            f"{args.threads} threads/requests in flight)",
+            "",
+            "| image set | URLs | tool | wall s | CPU s | images / CPU-s | success | peak RSS MB | output MB | ratio (wit / img2dataset, images per CPU-s) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+    for name, n, s, ratio in dl_rows or []:
         for tool in ("img2dataset", "wit"):
             m = s[tool]
             lines.append(f"| {name} | {n} | {tool} | {m['wall']:.2f} | {m['cpu']:.2f} | {m['ips_cpu']:.1f} | {m['ok']}/{m['total']} | {m['rss_mb']:.0f} | {m['bytes']/1e6:.1f} | {'**%.2f×**' % ratio if tool == 'wit' else ''} |")
-    lines += ["", f"## Loader: wit vs webdataset + PIL (RandomResizedCrop 224, scale 0.9–1, bicubic, CLIP mean/std, batch {args.batch}, shuffle buffer 5000, one process / one thread)", "",
-              "| shards | tool | samples/s | cores used | samples/s per core | ratio (per core) |", "|---|---|---|---|---|---|"]
-    for label, s, ratio in loader_rows:
+    if loader_rows is not None:
+        lines += ["", f"## Loader: wit vs webdataset + PIL (RandomResizedCrop 224, scale 0.9–1, bicubic, CLIP mean/std, batch {args.batch}, shuffle buffer 5000, one process / one thread)", "",
+                  "| shards | tool | samples/s | cores used | samples/s per core | ratio (per core) |", "|---|---|---|---|---|---|"]
+    for label, s, ratio in loader_rows or []:
         for tool in ("webdataset+PIL", "wit"):
             m = s[tool]
             lines.append(f"| {label} | {tool} | {m['sps']:.0f} | {m['cores']:.2f} | {m['sps_core']:.0f} | {'**%.2f×**' % ratio if tool == 'wit' else ''} |")
-    lines += ["", "## HTML extraction: wit vs selectolax (lexbor), one thread each, same pages, same work", "",
-              "| pages | tool | pages/s | MB/s | images found | links found | ratio (pages/s per core) |", "|---|---|---|---|---|---|---|"]
-    for label, s, ratio in html_rows:
+    if html_rows is not None:
+        lines += ["", "## HTML extraction: wit vs selectolax (lexbor), one thread each, same pages, same work", "",
+                  "| pages | tool | pages/s | MB/s | images found | links found | ratio (pages/s per core) |", "|---|---|---|---|---|---|---|"]
+    for label, s, ratio in html_rows or []:
         for tool in ("selectolax", "wit"):
             m = s[tool]
             lines.append(f"| {label} | {tool} | {m['pages/s']:.0f} | {m['MB/s']:.2f} | {m['images']:.0f} | {m['links']:.0f} | {'**%.2f×**' % ratio if tool == 'wit' else ''} |")
+    if train_row is None:
+        return "\n".join(lines) + "\n"
     batch, summary, ratio = train_row
     lines += ["", f"## Trainer on CPU: `wit bench train` vs the same model in PyTorch (`tiny` CLIP, batch {batch}, captions of 16 tokens, f32, {os.cpu_count()} threads each)", "",
               "| tool | steps/s | samples/s | peak RSS MB | ratio (steps/s) |", "|---|---|---|---|---|"]
@@ -549,6 +559,7 @@ def main():
     ap.add_argument("--loader-samples", type=int, help="samples each loader run reads (default 3000, quick 128)")
     ap.add_argument("--html-pages", type=int, help="test-web pages for HTML extraction (default 1000, quick 30)")
     ap.add_argument("--repeats", type=int, help="A/B alternations (default 3, quick 1)")
+    ap.add_argument("--sections", default="download,loader,html,train", help="comma-separated subset of download,loader,html,train to run (bench/run.sh writes a subset to bench/RESULTS-<sections>.md)")
     ap.add_argument("--torch-python", help="python of a venv with torch, for the trainer comparison (bench/run.sh passes it on full runs)")
     args = ap.parse_args()
     given = sys.argv[1:]
@@ -563,29 +574,41 @@ def main():
     python = sys.executable
     load_start = os.getloadavg()[0]
     work = os.path.abspath(args.work)
-    images = os.path.join(work, "www")
-    shutil.rmtree(images, ignore_errors=True)
-    syn = synthetic_images(args.wit, os.path.join(images, "synthetic"), 40 if args.quick else 400)
-    photos = wheel_photos(python, os.path.join(images, "photos"), os.path.join(work, "wheels"))
-    args.sets = {"synthetic": describe_set(os.path.join(images, "synthetic"), syn), "photos": describe_set(os.path.join(images, "photos"), photos)}
-    server = subprocess.Popen([args.wit, "testweb", "--static", images, "--port", str(port := free_port())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/photos/{photos[0][0]}")
-        write_url_list(os.path.join(work, "synthetic.parquet"), base, "synthetic", syn, n_syn)
-        write_url_list(os.path.join(work, "photos.parquet"), base, "photos", photos, n_photo)
-        print("download benchmark", flush=True)
-        dl = bench_download(args, args.wit, python, work, [("synthetic", n_syn), ("photos", n_photo)], base)
-    finally:
-        server.terminate()
-        server.wait()
-    print("loader benchmark", flush=True)
-    out = os.path.join(work, "out")
-    ld = bench_loader(args, args.wit, python, work, [("wit shards (synthetic)", os.path.join(out, "wit-synthetic")), ("img2dataset shards (synthetic)", os.path.join(out, "img2dataset-synthetic")), ("img2dataset shards (photos)", os.path.join(out, "img2dataset-photos"))])
-    print("html benchmark", flush=True)
-    hb = bench_html(args, args.wit, python, work)
-    print("trainer benchmark", flush=True)
-    tr = bench_train(args, args.wit, args.torch_python)
+    sections = set(args.sections.split(","))
+    unknown = sections - {"download", "loader", "html", "train"}
+    if unknown:
+        raise SystemExit(f"unknown --sections {sorted(unknown)}: choose from download,loader,html,train")
+    if "loader" in sections and "download" not in sections and not os.path.isdir(os.path.join(work, "out", "wit-synthetic")):
+        raise SystemExit("the loader benchmark reads the download benchmark's shards: run --sections download first")
+    args.sets = None
+    dl = ld = hb = tr = None
+    if "download" in sections:
+        images = os.path.join(work, "www")
+        shutil.rmtree(images, ignore_errors=True)
+        syn = synthetic_images(args.wit, os.path.join(images, "synthetic"), 40 if args.quick else 400)
+        photos = wheel_photos(python, os.path.join(images, "photos"), os.path.join(work, "wheels"))
+        args.sets = {"synthetic": describe_set(os.path.join(images, "synthetic"), syn), "photos": describe_set(os.path.join(images, "photos"), photos)}
+        server = subprocess.Popen([args.wit, "testweb", "--static", images, "--port", str(port := free_port())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(f"{base}/photos/{photos[0][0]}")
+            write_url_list(os.path.join(work, "synthetic.parquet"), base, "synthetic", syn, n_syn)
+            write_url_list(os.path.join(work, "photos.parquet"), base, "photos", photos, n_photo)
+            print("download benchmark", flush=True)
+            dl = bench_download(args, args.wit, python, work, [("synthetic", n_syn), ("photos", n_photo)], base)
+        finally:
+            server.terminate()
+            server.wait()
+    if "loader" in sections:
+        print("loader benchmark", flush=True)
+        out = os.path.join(work, "out")
+        ld = bench_loader(args, args.wit, python, work, [("wit shards (synthetic)", os.path.join(out, "wit-synthetic")), ("img2dataset shards (synthetic)", os.path.join(out, "img2dataset-synthetic")), ("img2dataset shards (photos)", os.path.join(out, "img2dataset-photos"))])
+    if "html" in sections:
+        print("html benchmark", flush=True)
+        hb = bench_html(args, args.wit, python, work)
+    if "train" in sections:
+        print("trainer benchmark", flush=True)
+        tr = bench_train(args, args.wit, args.torch_python)
     table = render(args, dl, ld, hb, tr, (load_start, os.getloadavg()[0]))
     with open(args.out, "w") as f:
         f.write(table)

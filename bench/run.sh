@@ -3,6 +3,7 @@
 # inputs in the same run. Builds wit (release), creates bench/.work/venv with the peers, runs bench.py.
 #   bash bench/run.sh           full run, writes bench/RESULTS.md
 #   bash bench/run.sh --quick   tiny smoke run (what CI runs), writes bench/.work/RESULTS.quick.md
+#   bash bench/run.sh --sections train   one part only, writes bench/RESULTS-train.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Any other flags go to bench.py (sizes, repeats: see `python3 bench/bench.py --help`).
@@ -10,6 +11,11 @@ cd "$(dirname "$0")/.."
 # smoke run started during a full run must not overwrite its shards).
 OUT=bench/RESULTS.md
 WORK=bench/.work/full
+prev=
+for a in "$@"; do
+  if [ "$prev" = "--sections" ]; then OUT="bench/RESULTS-${a//,/-}.md"; fi
+  prev=$a
+done
 for a in "$@"; do
   if [ "$a" = "--quick" ]; then OUT=bench/.work/RESULTS.quick.md; WORK=bench/.work/quick; fi
 done

@@ -525,7 +525,7 @@ fn dedup_and_repeat_cap_are_decided_in_row_order_and_survive_kills() {
 fn malformed_input_lines_become_failed_rows_and_the_run_goes_on() {
     let web = plain_web();
     let dir = scratch();
-    let manifest: Vec<_> = web.manifest().into_iter().take(6).collect();
+    let manifest: Vec<_> = web.manifest().iter().take(6).collect();
     let mut lines: Vec<String> = manifest
         .iter()
         .map(|r| {

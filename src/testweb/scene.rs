@@ -714,6 +714,7 @@ fn draw_object(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn captions_round_trip_and_edits_are_distinct() {
@@ -748,6 +749,42 @@ mod tests {
             .contains(&"two blue circles above a red square on a striped background".into()));
         assert!(captions
             .contains(&"a blue square above two red circles on a striped background".into()));
+    }
+
+    #[test]
+    fn hard_negatives_are_capped_minimal_edits_and_never_held_out() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let cap = |a: Attribute| match a {
+            Attribute::Position => usize::MAX,
+            Attribute::Background => 0,
+            _ => 1,
+        };
+        let mut held_out_edits = 0;
+        for i in 0..300 {
+            let s = Scene::random(&mut rng, i % 4 != 0);
+            let edits = minimal_edits(&s);
+            held_out_edits += edits.iter().filter(|(_, e)| is_held_out(e)).count();
+            let negatives = hard_negative_captions(&s, cap, &mut rng);
+            let mut per_attr: BTreeMap<Attribute, usize> = BTreeMap::new();
+            for n in &negatives {
+                let scene = parse_caption(n).expect("a grammar caption");
+                assert!(!is_held_out(&scene), "held-out caption leaked: {n}");
+                let (attr, _) = edits
+                    .iter()
+                    .find(|(_, e)| *e == scene)
+                    .unwrap_or_else(|| panic!("{n} is not a minimal edit of {}", caption(&s)));
+                *per_attr.entry(*attr).or_default() += 1;
+            }
+            for attr in Attribute::ALL {
+                let available = edits
+                    .iter()
+                    .filter(|(a, e)| *a == attr && !is_held_out(e))
+                    .count();
+                let got = per_attr.get(&attr).copied().unwrap_or(0);
+                assert_eq!(got, available.min(cap(attr)), "{attr:?} of {}", caption(&s));
+            }
+        }
+        assert!(held_out_edits > 0, "the held-out filter was exercised");
     }
 
     #[test]

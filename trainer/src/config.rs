@@ -25,6 +25,22 @@ pub struct VisionConfig {
     /// open_clip's `head_width` (64): used to derive `heads` when the JSON gives none.
     #[serde(default = "default_head_width")]
     pub head_width: usize,
+    /// How the (learnable) positional embedding starts.
+    #[serde(default)]
+    pub pos_embed_init: PosEmbedInit,
+}
+
+/// The positional embedding's starting values. It is trained either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PosEmbedInit {
+    /// open_clip's default: Gaussian with std `width^-0.5`, about a tenth of a patch's scale, so
+    /// the tower starts nearly blind to where a patch is.
+    #[default]
+    Random,
+    /// MAE's 2-D sine-cosine table (class token at zero): every patch knows its row and column
+    /// from the first step, which short runs need to learn spatial relations ("above").
+    SinCos2d,
 }
 
 /// The text tower's shape, named as open_clip names it.
@@ -136,11 +152,15 @@ impl ClipConfig {
             heads,
             mlp_ratio: 4.0,
             head_width: 64,
+            pos_embed_init: PosEmbedInit::Random,
         };
         let cfg = match name {
             "tiny" => ClipConfig {
                 embed_dim: 128,
-                vision_cfg: vision(64, 8, 128, 4, Some(4)),
+                vision_cfg: VisionConfig {
+                    pos_embed_init: PosEmbedInit::SinCos2d,
+                    ..vision(64, 8, 128, 4, Some(4))
+                },
                 text_cfg: TextConfig {
                     context_length: 32,
                     ..text(128, 4, 4)

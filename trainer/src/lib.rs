@@ -13,7 +13,7 @@ pub mod train;
 /// candle, re-exported so callers build tensors and devices with the exact version the model uses.
 pub use candle_core as candle;
 pub use checkpoint::{export, load_model};
-pub use config::{ClipConfig, TextConfig, VisionConfig};
+pub use config::{ClipConfig, PosEmbedInit, TextConfig, VisionConfig};
 pub use eval::{retrieval, zero_shot_accuracy, Recall, Retrieval};
 pub use model::{clip_loss, ClipModel};
 pub use optim::{AdamW, AdamWConfig};

@@ -4,7 +4,7 @@
 //! candle 0.11's fused `LayerNorm`, `layer_norm`, `softmax_last_dim` and `sdpa` have no backward; this
 //! module uses none of them (LayerNorm and softmax are spelled out), which the gradient test checks.
 
-use crate::config::ClipConfig;
+use crate::config::{ClipConfig, PosEmbedInit};
 use crate::TrainError;
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
@@ -35,6 +35,34 @@ fn cast(t: &Tensor, dtype: DType) -> CResult<Tensor> {
 fn rows_of(v: &Tensor, rows: usize) -> CResult<Tensor> {
     let ones = Tensor::ones((rows, 1), v.dtype(), v.device())?;
     ones.matmul(&v.reshape((1, v.elem_count()))?)
+}
+
+/// Scale of the sine-cosine start: a quarter keeps a patch's content (about `√width` in norm)
+/// dominant over its position code (`√(width/2)` at full scale), so textures stay visible while
+/// rows and columns are still linearly readable.
+const SIN_COS_SCALE: f64 = 0.25;
+
+/// MAE's 2-D sine-cosine positional table, `(grid² + 1) × width` row-major with a zero row first
+/// for the class token: the first half of each row encodes the patch's row, the second its column,
+/// each as `sin` then `cos` of the position times frequencies `10000^(-i / (width/4))`.
+fn sin_cos_2d(grid: usize, width: usize) -> Vec<f64> {
+    let quarter = (width / 4).max(1);
+    let axis = |pos: usize, out: &mut Vec<f64>| {
+        let freqs = (0..quarter).map(|i| 10000f64.powf(-(i as f64) / quarter as f64));
+        let angles: Vec<f64> = freqs.map(|f| pos as f64 * f).collect();
+        out.extend(angles.iter().map(|a| a.sin()));
+        out.extend(angles.iter().map(|a| a.cos()));
+    };
+    let mut out = vec![0.0; width];
+    for r in 0..grid {
+        for c in 0..grid {
+            let start = out.len();
+            axis(r, &mut out);
+            axis(c, &mut out);
+            out.resize(start + width, 0.0);
+        }
+    }
+    out
 }
 
 /// Creates the named parameters with a seeded generator, so two runs with one seed start identical
@@ -310,11 +338,21 @@ impl VisionTower {
                 &[v.width],
                 scale,
             )?,
-            pos: pb.randn(
-                &format!("{p}.embeddings.position_embedding.weight"),
-                &[v.grid() * v.grid() + 1, v.width],
-                scale,
-            )?,
+            pos: match v.pos_embed_init {
+                PosEmbedInit::Random => pb.randn(
+                    &format!("{p}.embeddings.position_embedding.weight"),
+                    &[v.grid() * v.grid() + 1, v.width],
+                    scale,
+                )?,
+                PosEmbedInit::SinCos2d => pb.add(
+                    &format!("{p}.embeddings.position_embedding.weight"),
+                    &[v.grid() * v.grid() + 1, v.width],
+                    sin_cos_2d(v.grid(), v.width)
+                        .into_iter()
+                        .map(|x| x * SIN_COS_SCALE)
+                        .collect(),
+                )?,
+            },
             ln_pre: pb.layer_norm(&format!("{p}.pre_layrnorm"), v.width)?,
             blocks: build_blocks(
                 pb,
@@ -610,4 +648,33 @@ pub fn clip_loss(
     let a = candle_nn::loss::cross_entropy(&image_to_text, &labels)?;
     let b = candle_nn::loss::cross_entropy(&logits.t()?.contiguous()?, &labels)?;
     (a + b)? * 0.5
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sin_cos_2d;
+
+    #[test]
+    fn sin_cos_table_gives_each_patch_a_distinct_row_and_the_class_token_zero() {
+        let (grid, width) = (8, 128);
+        let table = sin_cos_2d(grid, width);
+        assert_eq!(table.len(), (grid * grid + 1) * width);
+        let rows: Vec<&[f64]> = table.chunks(width).collect();
+        assert!(rows[0].iter().all(|&v| v == 0.0), "class token row");
+        for (i, a) in rows.iter().enumerate().skip(1) {
+            let norm = a.iter().map(|v| v * v).sum::<f64>().sqrt();
+            assert!(
+                (norm - (width as f64 / 2.0).sqrt()).abs() < 1e-9,
+                "row {i} norm {norm}"
+            );
+            for b in rows.iter().skip(i + 1) {
+                let d: f64 = a.iter().zip(*b).map(|(x, y)| (x - y).abs()).sum();
+                assert!(d > 1e-3, "two patches share a position code");
+            }
+        }
+        // Patch (row 0, column 1) and (row 1, column 0) differ only in which half moved.
+        let (r0c1, r1c0) = (rows[2], rows[1 + grid]);
+        assert_eq!(&r0c1[..width / 2], &rows[1][..width / 2]);
+        assert_eq!(&r1c0[width / 2..], &rows[1][width / 2..]);
+    }
 }

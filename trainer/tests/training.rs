@@ -6,7 +6,9 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
-use wit_trainer::{ClipConfig, MicroBatch, TextConfig, TrainConfig, Trainer, VisionConfig};
+use wit_trainer::{
+    ClipConfig, MicroBatch, PosEmbedInit, TextConfig, TrainConfig, Trainer, VisionConfig,
+};
 
 /// A CLIP small enough to run many steps in a test: 16 px images in 4 px patches, 8-token captions.
 fn micro_config() -> ClipConfig {
@@ -20,6 +22,7 @@ fn micro_config() -> ClipConfig {
             heads: Some(2),
             mlp_ratio: 2.0,
             head_width: 64,
+            pos_embed_init: PosEmbedInit::SinCos2d,
         },
         text_cfg: TextConfig {
             context_length: 8,
@@ -153,7 +156,11 @@ fn reference_loss(img: &[Vec<f64>], txt: &[Vec<f64>], neg: &[Vec<f64>], scale: f
     (rows + cols) / (2.0 * n as f64)
 }
 
-fn embed(t: &Trainer, b: &MicroBatch) -> (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<Vec<f64>>) {
+/// Embedding rows in f64.
+type Rows = Vec<Vec<f64>>;
+
+/// Image, caption and hard-negative embeddings of `b`.
+fn embed(t: &Trainer, b: &MicroBatch) -> (Rows, Rows, Rows) {
     let m = t.model();
     let img = m.encode_image(&b.images).unwrap().to_vec2::<f64>().unwrap();
     let txt = m.encode_text(&b.tokens).unwrap().to_vec2::<f64>().unwrap();
