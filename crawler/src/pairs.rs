@@ -71,7 +71,12 @@ pub struct Pair {
 
 /// The pairs table's arrow schema: `url, caption, page_url, title, position, width, height`.
 pub fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+    schema_with(&[])
+}
+
+/// The pairs schema followed by nullable text columns `extra`.
+fn schema_with(extra: &[String]) -> SchemaRef {
+    let mut fields = vec![
         Field::new("url", DataType::Utf8, false),
         Field::new("caption", DataType::Utf8, false),
         Field::new("page_url", DataType::Utf8, false),
@@ -79,7 +84,9 @@ pub fn schema() -> SchemaRef {
         Field::new("position", DataType::Int32, false),
         Field::new("width", DataType::Int32, true),
         Field::new("height", DataType::Int32, true),
-    ]))
+    ];
+    fields.extend(extra.iter().map(|c| Field::new(c, DataType::Utf8, true)));
+    Arc::new(Schema::new(fields))
 }
 
 /// Streams pairs into one parquet file, written under a temporary name and renamed on
@@ -88,7 +95,9 @@ pub struct PairsWriter {
     path: PathBuf,
     tmp: PathBuf,
     writer: ArrowWriter<File>,
-    buffer: Vec<Pair>,
+    schema: SchemaRef,
+    extra: usize,
+    buffer: Vec<(Pair, Vec<Option<String>>)>,
     row_group_rows: usize,
     written: u64,
 }
@@ -99,8 +108,19 @@ impl PairsWriter {
         Self::with_row_group_rows(path, DEFAULT_ROW_GROUP_ROWS)
     }
 
+    /// Creates `path` with nullable text columns `extra` after the pairs columns (e.g. data that
+    /// `wit download --save-additional-columns` should carry into the shards).
+    pub fn with_extra_columns(path: &Path, extra: &[&str]) -> Result<Self, PairsError> {
+        let extra: Vec<String> = extra.iter().map(|c| c.to_string()).collect();
+        Self::open(path, DEFAULT_ROW_GROUP_ROWS, &extra)
+    }
+
     /// Creates `path` flushing a row group every `row_group_rows` rows.
     pub fn with_row_group_rows(path: &Path, row_group_rows: usize) -> Result<Self, PairsError> {
+        Self::open(path, row_group_rows, &[])
+    }
+
+    fn open(path: &Path, row_group_rows: usize, extra: &[String]) -> Result<Self, PairsError> {
         let tmp = path.with_extension("parquet.tmp");
         let file = File::create(&tmp).map_err(|source| PairsError::Io {
             path: tmp.clone(),
@@ -110,7 +130,8 @@ impl PairsWriter {
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_max_row_group_size(row_group_rows.max(1))
             .build();
-        let writer = ArrowWriter::try_new(file, schema(), Some(props)).map_err(|source| {
+        let schema = schema_with(extra);
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|source| {
             PairsError::Parquet {
                 path: tmp.clone(),
                 source,
@@ -120,6 +141,8 @@ impl PairsWriter {
             path: path.to_path_buf(),
             tmp,
             writer,
+            schema,
+            extra: extra.len(),
             buffer: Vec::new(),
             row_group_rows: row_group_rows.max(1),
             written: 0,
@@ -128,7 +151,18 @@ impl PairsWriter {
 
     /// Appends one pair; flushes a row group when the buffer is full.
     pub fn write(&mut self, pair: Pair) -> Result<(), PairsError> {
-        self.buffer.push(pair);
+        let none = vec![None; self.extra];
+        self.write_with_extra(pair, none)
+    }
+
+    /// Appends one pair with the values of the extra columns, in their order (missing ones null).
+    pub fn write_with_extra(
+        &mut self,
+        pair: Pair,
+        mut extra: Vec<Option<String>>,
+    ) -> Result<(), PairsError> {
+        extra.resize(self.extra, None);
+        self.buffer.push((pair, extra));
         self.written += 1;
         if self.buffer.len() >= self.row_group_rows {
             self.flush()?;
@@ -165,7 +199,7 @@ impl PairsWriter {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let batch = to_batch(&self.buffer);
+        let batch = to_batch(&self.buffer, &self.schema);
         self.buffer.clear();
         let parquet = |source| PairsError::Parquet {
             path: self.tmp.clone(),
@@ -176,8 +210,8 @@ impl PairsWriter {
     }
 }
 
-/// Builds a record batch of pairs in the table's schema.
-fn to_batch(pairs: &[Pair]) -> RecordBatch {
+/// Builds a record batch of pairs (and their extra column values) in `schema`.
+fn to_batch(rows: &[(Pair, Vec<Option<String>>)], schema: &SchemaRef) -> RecordBatch {
     let mut url = StringBuilder::new();
     let mut caption = StringBuilder::new();
     let mut page_url = StringBuilder::new();
@@ -185,7 +219,7 @@ fn to_batch(pairs: &[Pair]) -> RecordBatch {
     let mut position = Int32Builder::new();
     let mut width = Int32Builder::new();
     let mut height = Int32Builder::new();
-    for p in pairs {
+    for (p, _) in rows {
         url.append_value(&p.url);
         caption.append_value(&p.caption);
         page_url.append_value(&p.page_url);
@@ -194,7 +228,7 @@ fn to_batch(pairs: &[Pair]) -> RecordBatch {
         width.append_option(p.width);
         height.append_option(p.height);
     }
-    let columns: Vec<ArrayRef> = vec![
+    let mut columns: Vec<ArrayRef> = vec![
         Arc::new(url.finish()),
         Arc::new(caption.finish()),
         Arc::new(page_url.finish()),
@@ -203,7 +237,12 @@ fn to_batch(pairs: &[Pair]) -> RecordBatch {
         Arc::new(width.finish()),
         Arc::new(height.finish()),
     ];
-    RecordBatch::try_new(schema(), columns).expect("columns match the pairs schema")
+    let extra = schema.fields().len() - columns.len();
+    columns.extend((0..extra).map(|i| {
+        let values = rows.iter().map(|(_, e)| e[i].as_deref());
+        Arc::new(values.collect::<StringArray>()) as ArrayRef
+    }));
+    RecordBatch::try_new(schema.clone(), columns).expect("columns match the pairs schema")
 }
 
 /// Reads a pairs table back, one record batch at a time (memory bounded by the row group).
@@ -302,6 +341,29 @@ mod tests {
         assert_eq!(meta, 8);
         let got: Vec<Pair> = read_pairs(&path).unwrap().map(Result::unwrap).collect();
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn extra_columns_follow_the_pairs_columns_and_pairs_still_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pairs.parquet");
+        let mut w = PairsWriter::with_extra_columns(&path, &["negatives"]).unwrap();
+        w.write_with_extra(pair(1), vec![Some("[\"a\"]".into())])
+            .unwrap();
+        w.write(pair(2)).unwrap();
+        w.finish().unwrap();
+        let got: Vec<Pair> = read_pairs(&path).unwrap().map(Result::unwrap).collect();
+        assert_eq!(got, vec![pair(1), pair(2)]);
+        let batch = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let col = batch.column_by_name("negatives").expect("the extra column");
+        let col = col.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!((col.value(0), col.is_null(1)), ("[\"a\"]", true));
     }
 
     #[test]

@@ -6,16 +6,12 @@ use super::Cli;
 use crate::testweb::scene::{self, Attribute};
 use crate::testweb::{TestWeb, TestWebConfig};
 use anyhow::{ensure, Context};
-use arrow_array::{ArrayRef, RecordBatch, StringArray};
-use arrow_schema::{DataType, Field, Schema};
 use clap::Parser;
-use parquet::arrow::ArrowWriter;
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
-use wit_crawler::pairs::{read_pairs, Pair};
+use wit_crawler::pairs::{read_pairs, PairsWriter};
 
 /// Run the whole chain on the embedded test web: start it on 127.0.0.1, crawl it, split the
 /// pairs into training pairs and held-out pairs (caption combinations never seen in training),
@@ -170,8 +166,10 @@ fn step(args: &[&str]) -> anyhow::Result<()> {
 /// hard negatives `wit train --hard-negatives negatives` reads), else null.
 fn split_pairs(pairs: &Path, dir: &Path, seed: u64) -> anyhow::Result<(u64, u64)> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut train = NegativesWriter::create(&dir.join("pairs-train.parquet"))?;
-    let mut held_out = NegativesWriter::create(&dir.join("pairs-heldout.parquet"))?;
+    let mut train =
+        PairsWriter::with_extra_columns(&dir.join("pairs-train.parquet"), &["negatives"])?;
+    let mut held_out =
+        PairsWriter::with_extra_columns(&dir.join("pairs-heldout.parquet"), &["negatives"])?;
     for pair in read_pairs(pairs)? {
         let pair = pair?;
         let scene = scene::parse_caption(&pair.caption);
@@ -180,8 +178,8 @@ fn split_pairs(pairs: &Path, dir: &Path, seed: u64) -> anyhow::Result<(u64, u64)
             .map(|n| serde_json::to_string(&n))
             .transpose()?;
         match scene.is_some_and(|s| scene::is_held_out(&s)) {
-            true => held_out.write(pair, negatives)?,
-            false => train.write(pair, negatives)?,
+            true => held_out.write_with_extra(pair, vec![negatives])?,
+            false => train.write_with_extra(pair, vec![negatives])?,
         }
     }
     Ok((train.finish()?, held_out.finish()?))
@@ -194,83 +192,5 @@ fn negatives_per_attribute(attr: Attribute) -> usize {
     match attr {
         Attribute::Position | Attribute::Swap => usize::MAX,
         Attribute::Shape | Attribute::Count | Attribute::Colour | Attribute::Background => 1,
-    }
-}
-
-/// Rows per parquet row group of the split files (bounds the writer's memory).
-const SPLIT_ROWS_PER_GROUP: usize = 8192;
-
-/// Writes `url`, `caption`, `page_url`, `negatives` rows to parquet in bounded row groups, under a
-/// temporary name renamed on `finish` (a killed demo never leaves a truncated table).
-struct NegativesWriter {
-    path: PathBuf,
-    tmp: PathBuf,
-    writer: ArrowWriter<std::fs::File>,
-    schema: Arc<Schema>,
-    rows: Vec<PairWithNegatives>,
-    written: u64,
-}
-
-/// A crawled pair and its hard negatives as a JSON list (none outside the grammar).
-type PairWithNegatives = (Pair, Option<String>);
-
-impl NegativesWriter {
-    fn create(path: &Path) -> anyhow::Result<Self> {
-        let tmp = path.with_extension("parquet.tmp");
-        let file = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        let text = |name: &str, nullable| Field::new(name, DataType::Utf8, nullable);
-        let schema = Arc::new(Schema::new(vec![
-            text("url", false),
-            text("caption", false),
-            text("page_url", false),
-            text("negatives", true),
-        ]));
-        Ok(NegativesWriter {
-            path: path.to_path_buf(),
-            tmp,
-            writer: ArrowWriter::try_new(file, schema.clone(), None)?,
-            schema,
-            rows: Vec::new(),
-            written: 0,
-        })
-    }
-
-    fn write(&mut self, pair: Pair, negatives: Option<String>) -> anyhow::Result<()> {
-        self.rows.push((pair, negatives));
-        if self.rows.len() >= SPLIT_ROWS_PER_GROUP {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> anyhow::Result<()> {
-        if self.rows.is_empty() {
-            return Ok(());
-        }
-        let rows = std::mem::take(&mut self.rows);
-        let strings = |f: &dyn Fn(&PairWithNegatives) -> Option<&str>| -> ArrayRef {
-            Arc::new(rows.iter().map(f).collect::<StringArray>())
-        };
-        let batch = RecordBatch::try_new(
-            self.schema.clone(),
-            vec![
-                strings(&|r| Some(&r.0.url)),
-                strings(&|r| Some(&r.0.caption)),
-                strings(&|r| Some(&r.0.page_url)),
-                strings(&|r| r.1.as_deref()),
-            ],
-        )?;
-        self.writer.write(&batch)?;
-        self.written += rows.len() as u64;
-        Ok(())
-    }
-
-    fn finish(mut self) -> anyhow::Result<u64> {
-        self.flush()?;
-        self.writer.close()?;
-        std::fs::rename(&self.tmp, &self.path)
-            .with_context(|| format!("cannot rename {} into place", self.tmp.display()))?;
-        Ok(self.written)
     }
 }
