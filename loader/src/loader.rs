@@ -400,7 +400,7 @@ impl Loader {
             crop: cfg.crop,
             tokenizer: cfg.tokenizer.clone(),
             counters: self.counters.clone(),
-            hard_negatives: cfg.hard_negatives.clone(),
+            hard_negatives: cfg.hard_negatives.clone().filter(|h| h.per_sample > 0),
         });
         let window = (cfg.prefetch_batches.max(1) * cfg.batch_size).max(2 * cfg.threads.max(1));
         Pipeline::start(stream, self.state.position, window, cfg.threads.max(1), ctx)

@@ -42,16 +42,16 @@ fn rows_of(v: &Tensor, rows: usize) -> CResult<Tensor> {
 /// rows and columns are still linearly readable.
 const SIN_COS_SCALE: f64 = 0.25;
 
-/// MAE's 2-D sine-cosine positional table, `(grid² + 1) × width` row-major with a zero row first
+/// MAE's 2-D sine-cosine positional table times `scale`, `(grid² + 1) × width` row-major with a zero row first
 /// for the class token: the first half of each row encodes the patch's row, the second its column,
 /// each as `sin` then `cos` of the position times frequencies `10000^(-i / (width/4))`.
-fn sin_cos_2d(grid: usize, width: usize) -> Vec<f64> {
+fn sin_cos_2d(grid: usize, width: usize, scale: f64) -> Vec<f64> {
     let quarter = (width / 4).max(1);
     let axis = |pos: usize, out: &mut Vec<f64>| {
         let freqs = (0..quarter).map(|i| 10000f64.powf(-(i as f64) / quarter as f64));
         let angles: Vec<f64> = freqs.map(|f| pos as f64 * f).collect();
-        out.extend(angles.iter().map(|a| a.sin()));
-        out.extend(angles.iter().map(|a| a.cos()));
+        out.extend(angles.iter().map(|a| scale * a.sin()));
+        out.extend(angles.iter().map(|a| scale * a.cos()));
     };
     let mut out = vec![0.0; width];
     for r in 0..grid {
@@ -347,10 +347,7 @@ impl VisionTower {
                 PosEmbedInit::SinCos2d => pb.add(
                     &format!("{p}.embeddings.position_embedding.weight"),
                     &[v.grid() * v.grid() + 1, v.width],
-                    sin_cos_2d(v.grid(), v.width)
-                        .into_iter()
-                        .map(|x| x * SIN_COS_SCALE)
-                        .collect(),
+                    sin_cos_2d(v.grid(), v.width, SIN_COS_SCALE),
                 )?,
             },
             ln_pre: pb.layer_norm(&format!("{p}.pre_layrnorm"), v.width)?,
@@ -657,7 +654,7 @@ mod tests {
     #[test]
     fn sin_cos_table_gives_each_patch_a_distinct_row_and_the_class_token_zero() {
         let (grid, width) = (8, 128);
-        let table = sin_cos_2d(grid, width);
+        let table = sin_cos_2d(grid, width, 1.0);
         assert_eq!(table.len(), (grid * grid + 1) * width);
         let rows: Vec<&[f64]> = table.chunks(width).collect();
         assert!(rows[0].iter().all(|&v| v == 0.0), "class token row");

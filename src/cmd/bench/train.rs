@@ -5,7 +5,7 @@ use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use std::process::ExitCode;
 use std::time::Instant;
-use wit_trainer::candle::{DType, Device, Tensor};
+use wit_trainer::candle::{Device, Tensor};
 use wit_trainer::{ClipConfig, MicroBatch, TrainConfig, Trainer};
 
 /// Flags of `wit bench train`.
@@ -86,7 +86,7 @@ fn synthetic_batch(
         tokens.resize(tokens.len().next_multiple_of(77), 0);
     }
     Ok(MicroBatch {
-        images: Tensor::randn(0f32, 1.0, (b, 3, side, side), device)?.to_dtype(DType::F32)?,
+        images: Tensor::randn(0f32, 1.0, (b, 3, side, side), device)?,
         tokens: Tensor::from_vec(tokens, (b, 77), device)?,
         negatives: None,
     })
