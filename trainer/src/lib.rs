@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod eval;
+mod fused;
 pub mod model;
 pub mod optim;
 pub mod train;

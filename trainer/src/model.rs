@@ -1,10 +1,12 @@
-//! CLIP written from plain, differentiable candle ops: a ViT image tower and a causal text transformer
+//! CLIP written from differentiable candle ops: a ViT image tower and a causal text transformer
 //! whose parameters carry Hugging Face `CLIPModel` names, so export is a plain save.
 //!
 //! candle 0.11's fused `LayerNorm`, `layer_norm`, `softmax_last_dim` and `sdpa` have no backward; this
-//! module uses none of them (LayerNorm and softmax are spelled out), which the gradient test checks.
+//! module uses none of them. LayerNorm, attention and GELU come from `fused`, whose CPU kernels carry
+//! their own backward passes; the gradient test checks every parameter still learns.
 
 use crate::config::{ClipConfig, PosEmbedInit};
+use crate::fused;
 use crate::TrainError;
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
@@ -27,14 +29,6 @@ fn cast(t: &Tensor, dtype: DType) -> CResult<Tensor> {
     } else {
         t.to_dtype(dtype)
     }
-}
-
-/// Repeats a vector over `rows` rows as the outer product `ones(rows, 1) · v`, so that the
-/// gradient of `v` is a matrix product (fast gemm) rather than candle's slow reduction over the
-/// leading dimension that `broadcast_add`/`broadcast_mul` backpropagate through.
-fn rows_of(v: &Tensor, rows: usize) -> CResult<Tensor> {
-    let ones = Tensor::ones((rows, 1), v.dtype(), v.device())?;
-    ones.matmul(&v.reshape((1, v.elem_count()))?)
 }
 
 /// Scale of the sine-cosine start: a quarter keeps a patch's content (about `√width` in norm)
@@ -138,11 +132,10 @@ impl Linear {
         let dims = x.dims().to_vec();
         let inner = dims[dims.len() - 1];
         let rows = x.elem_count() / inner;
-        let w = cast(&self.w, x.dtype())?;
-        let y = x.reshape((rows, inner))?.matmul(&w.t()?)?;
+        let x = x.reshape((rows, inner))?;
         let y = match &self.b {
-            Some(b) => (&y + rows_of(&cast(b, x.dtype())?, rows)?)?,
-            None => y,
+            Some(b) => fused::linear(&x, &self.w, b)?,
+            None => x.matmul(&cast(&self.w, x.dtype())?.t()?)?,
         };
         let mut out = dims;
         let last = out.len() - 1;
@@ -151,7 +144,7 @@ impl Linear {
     }
 }
 
-/// LayerNorm from plain ops (the fused candle kernels have no backward), computed in at least f32.
+/// LayerNorm with learnable gain and bias; `fused::layer_norm` has a backward (candle's has none).
 struct LayerNorm {
     g: Tensor,
     b: Tensor,
@@ -159,39 +152,8 @@ struct LayerNorm {
 
 impl LayerNorm {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let dtype = x.dtype();
-        let work = match dtype {
-            DType::F64 => DType::F64,
-            _ => DType::F32,
-        };
-        let x = cast(x, work)?;
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let xn = xc.broadcast_div(&(var + LN_EPS)?.sqrt()?)?;
-        let dims = xn.dims().to_vec();
-        let width = dims[dims.len() - 1];
-        let rows = xn.elem_count() / width;
-        let xn = xn.reshape((rows, width))?;
-        let y = ((xn * rows_of(&cast(&self.g, work)?, rows)?)?
-            + rows_of(&cast(&self.b, work)?, rows)?)?;
-        cast(&y.reshape(dims)?, dtype)
+        fused::layer_norm(x, &self.g, &self.b, LN_EPS)
     }
-}
-
-/// Softmax over the last dimension from plain ops; the max is detached because softmax does not
-/// depend on the shift, which keeps it out of the backward graph.
-fn softmax_last(x: &Tensor) -> CResult<Tensor> {
-    let dtype = x.dtype();
-    // bf16 sums lose too much precision over long rows: normalise in f32.
-    let x = match dtype {
-        DType::BF16 | DType::F16 => x.to_dtype(DType::F32)?,
-        _ => x.clone(),
-    };
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    let sum = e.sum_keepdim(D::Minus1)?;
-    cast(&e.broadcast_div(&sum)?, dtype)
 }
 
 /// Multi-head self-attention with Hugging Face's separate q/k/v projections.
@@ -204,7 +166,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> CResult<Tensor> {
+    fn forward(&self, x: &Tensor, causal: bool) -> CResult<Tensor> {
         let (b, t, c) = x.dims3()?;
         let hd = c / self.heads;
         // One matmul for q, k and v (their weights stacked), then split per head.
@@ -220,15 +182,9 @@ impl Attention {
         .reshape((b, t, 3, self.heads, hd))?
         .permute((2, 0, 3, 1, 4))?
         .contiguous()?;
-        let q = (qkv.get(0)? * (1.0 / (hd as f64).sqrt()))?;
-        let (k, v) = (qkv.get(1)?, qkv.get(2)?);
-        let scores = q.matmul(&k.t()?)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let p = softmax_last(&scores)?;
-        let o = p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
+        let o = fused::attention(&qkv, causal)?
+            .transpose(1, 2)?
+            .reshape((b, t, c))?;
         self.out.forward(&o)
     }
 }
@@ -274,12 +230,12 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> CResult<Tensor> {
-        let x = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
+    fn forward(&self, x: &Tensor, causal: bool) -> CResult<Tensor> {
+        let x = (x + self.attn.forward(&self.ln1.forward(x)?, causal)?)?;
         let h = self.fc1.forward(&self.ln2.forward(&x)?)?;
         let h = match self.quick_gelu {
             true => (&h * (h.affine(-1.702, 0.0)?.exp()? + 1.0)?.recip()?)?,
-            false => h.gelu_erf()?,
+            false => fused::gelu(&h)?,
         };
         x + self.fc2.forward(&h)?
     }
@@ -385,7 +341,7 @@ impl VisionTower {
         let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&cast(&self.pos, dtype)?)?;
         let mut x = self.ln_pre.forward(&x)?;
         for block in &self.blocks {
-            x = block.forward(&x, None)?;
+            x = block.forward(&x, false)?;
         }
         let cls = self.ln_post.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?;
         self.proj.forward(&cls)
@@ -467,10 +423,9 @@ impl TextTower {
             .index_select(&tokens.flatten_all()?, 0)?
             .reshape((b, t, width))?
             .broadcast_add(&cast(&self.pos.narrow(0, 0, t)?, dtype)?)?;
-        let mask = causal_mask(t, dtype, device)?;
         let mut x = x;
         for block in &self.blocks {
-            x = block.forward(&x, Some(&mask))?;
+            x = block.forward(&x, true)?;
         }
         let x = self.ln_final.forward(&x)?;
         let rows: Vec<u32> = ends
@@ -482,14 +437,6 @@ impl TextTower {
         let x = x.reshape((b * t, width))?.index_select(&idx, 0)?;
         self.proj.forward(&x)
     }
-}
-
-/// `-inf` above the diagonal: token i attends to tokens 0..=i only.
-fn causal_mask(t: usize, dtype: DType, device: &Device) -> CResult<Tensor> {
-    let values: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(values, (t, t), device)?.to_dtype(dtype)
 }
 
 /// Scales rows to unit L2 norm, so the image-text dot product is the cosine similarity.

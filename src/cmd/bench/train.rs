@@ -34,7 +34,8 @@ pub struct TrainBenchArgs {
     pub device: String,
 }
 
-/// Runs `wit bench train`: prints `steps/s: N` and `samples/s: N`.
+/// Runs `wit bench train`: prints `steps/s: N`, `samples/s: N`, then milliseconds per step of the
+/// forward pass alone and with the backward pass (each timed on its own), beside the whole step.
 pub fn bench_train(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
     wit_trainer::tune_allocator();
     let mut clip = ClipConfig::resolve(&args.config)?;
@@ -58,7 +59,37 @@ pub fn bench_train(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
         "samples/s: {:.1}",
         (args.steps * args.batch_size) as f64 / secs
     );
+    let batch = &micro[0];
+    let forward = time_ms(&device, args.steps, || {
+        let image = trainer.model().encode_image(&batch.images)?;
+        let text = trainer.model().encode_text(&batch.tokens)?;
+        wit_trainer::clip_loss(&image, &text, None, trainer.model().logit_scale())?;
+        Ok(())
+    })?;
+    let gradients = time_ms(&device, args.steps, || {
+        trainer.gradients(&micro)?;
+        Ok(())
+    })?;
+    println!(
+        "ms per step: forward {forward:.1}, forward + backward {gradients:.1}, whole step {:.1}",
+        1e3 * secs / args.steps as f64
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Mean milliseconds of `f` over `runs` runs, the device drained before and after.
+fn time_ms(
+    device: &Device,
+    runs: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    device.synchronize()?;
+    let start = Instant::now();
+    for _ in 0..runs {
+        f()?;
+    }
+    device.synchronize()?;
+    Ok(1e3 * start.elapsed().as_secs_f64() / runs.max(1) as f64)
 }
 
 /// Gaussian images and captions of `caption_tokens` random ids framed by start (`vocab - 2`) and

@@ -1,0 +1,887 @@
+//! Fused CPU kernels, each with a hand-written backward pass, for the layers of a small
+//! transformer whose candle graphs cost more than their arithmetic: exact-erf GELU, LayerNorm,
+//! linear layers with a bias, and (causal) scaled dot-product attention.
+//!
+//! candle's own fused versions have no backward (the graph is silently cut), and the same layers
+//! spelled out in plain ops take 5–12 passes over memory each way: GELU's backward alone is a dozen
+//! elementwise ops over the widest activation, and every graph node's gradient is a fresh zeroed
+//! buffer plus an add. Here each layer is one op forward and one backward, parallel over rows or
+//! heads. Other devices (CUDA) and dtypes (bf16) take the plain-op graphs, which compute the same
+//! function; tests check in f64 that both paths give the same values and the same gradients.
+
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout,
+    Result, Shape, Tensor, D,
+};
+use num_traits::Float;
+use rayon::prelude::*;
+
+/// Elements per parallel task: large enough that scheduling costs nothing next to the work.
+const TASK_ELEMS: usize = 1 << 14;
+
+/// The float types the kernels run in: f32 for training, f64 for the reference tests.
+trait Real:
+    Float + num_traits::NumAssign + Send + Sync + std::iter::Sum + candle_core::WithDType
+{
+    /// `e^x`; the f32 version is branch-free so that loops over it vectorise.
+    fn exp_fast(x: Self) -> Self;
+    /// The standard normal CDF `Φ(x)` and `e^(-x²/2)` (which `Φ'` needs), sharing one `exp`.
+    fn cdf_and_gauss(x: Self) -> (Self, Self);
+    /// Wraps a result vector as candle storage.
+    fn storage(v: Vec<Self>) -> CpuStorage;
+}
+
+impl Real for f32 {
+    /// Cephes' `expf`: `x = n ln2 + r` with `|r| ≤ ln2/2`, a degree-6 polynomial for `e^r`, and
+    /// `2^n` written into the exponent bits (relative error about 2e-7). libm's `expf` is a call
+    /// per element, which keeps the loops scalar.
+    #[inline(always)]
+    fn exp_fast(x: f32) -> f32 {
+        let x = x.clamp(-87.0, 88.0);
+        // Round to nearest by the 1.5·2²³ trick: SSE2 has no vector `round`.
+        let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+        let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+        let p = 1.987_569_1e-4_f32;
+        let p = p * r + 1.398_199_9e-3;
+        let p = p * r + 8.333_452e-3;
+        let p = p * r + 4.166_579_6e-2;
+        let p = p * r + 0.166_666_65;
+        let p = p * r + 0.5;
+        let er = p * r * r + r + 1.0;
+        er * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    }
+
+    /// Abramowitz & Stegun 7.1.26 for `erfc(|x|/√2)` (absolute error below 1.5e-7), which keeps
+    /// the negative tail's relative precision; libm's `erff` costs 3× more and does not vectorise.
+    #[inline(always)]
+    fn cdf_and_gauss(x: f32) -> (f32, f32) {
+        let a = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+        let t = 1.0 / (1.0 + 0.327_591_1 * a);
+        let poly = t
+            * (0.254_829_6
+                + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
+        let gauss = f32::exp_fast(-a * a);
+        let half_erfc = 0.5 * poly * gauss;
+        let cdf = if x < 0.0 { half_erfc } else { 1.0 - half_erfc };
+        (cdf, gauss)
+    }
+
+    fn storage(v: Vec<f32>) -> CpuStorage {
+        CpuStorage::F32(v)
+    }
+}
+
+impl Real for f64 {
+    fn exp_fast(x: f64) -> f64 {
+        x.exp()
+    }
+
+    fn cdf_and_gauss(x: f64) -> (f64, f64) {
+        let erf = candle_core::cpu::erf::erf_f64(x * std::f64::consts::FRAC_1_SQRT_2);
+        (0.5 * (1.0 + erf), (-0.5 * x * x).exp())
+    }
+
+    fn storage(v: Vec<f64>) -> CpuStorage {
+        CpuStorage::F64(v)
+    }
+}
+
+/// Runs a generic kernel on the float type of storage `$first` (f32 or f64) and wraps the vector
+/// it returns as storage of that type; any other dtype is an error naming `$op`.
+macro_rules! float_kernel {
+    ($op:expr, $first:expr, $kernel:ident($($arg:tt)*)) => {
+        match $first {
+            CpuStorage::F32(_) => f32::storage($kernel::<f32>($($arg)*)),
+            CpuStorage::F64(_) => f64::storage($kernel::<f64>($($arg)*)),
+            other => return Err(unsupported($op, other)),
+        }
+    };
+}
+
+/// Whether a tensor takes the fused path: CPU storage in f32 or f64.
+fn fusable(x: &Tensor) -> bool {
+    matches!(x.device(), Device::Cpu) && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// The contiguous slice a layout describes; every caller hands in contiguous tensors.
+fn slice<'a, T: Real>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("fused op: input must be contiguous".into()))?;
+    Ok(&s.as_slice::<T>()?[start..end])
+}
+
+/// Rows per parallel task for rows of `width` elements.
+fn rows_per_task(width: usize) -> usize {
+    (TASK_ELEMS / width.max(1)).max(1)
+}
+
+fn unsupported(op: &str, s: &CpuStorage) -> candle_core::Error {
+    candle_core::Error::Msg(format!("fused {op}: dtype {:?} is not f32/f64", s.dtype()))
+}
+
+/// `GELU(x) = x Φ(x)` with the exact normal CDF, as PyTorch's `nn.GELU()` and open_clip use.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if fusable(x) {
+        x.contiguous()?.apply_op1(Gelu)
+    } else {
+        x.gelu_erf()
+    }
+}
+
+struct Gelu;
+
+fn gelu_fwd<T: Real>(x: &[T]) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(TASK_ELEMS)
+        .zip(x.par_chunks(TASK_ELEMS))
+        .for_each(|(y, x)| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x * T::cdf_and_gauss(x).0;
+            }
+        });
+    y
+}
+
+/// `dx = dy (Φ(x) + x φ(x))`.
+fn gelu_bwd<T: Real>(x: &[T], dy: &[T]) -> Vec<T> {
+    let inv_sqrt_2pi = T::from(0.398_942_280_401_432_7).unwrap();
+    let mut dx = vec![T::zero(); x.len()];
+    dx.par_chunks_mut(TASK_ELEMS)
+        .zip(x.par_chunks(TASK_ELEMS).zip(dy.par_chunks(TASK_ELEMS)))
+        .for_each(|(dx, (x, dy))| {
+            for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                let (cdf, gauss) = T::cdf_and_gauss(x);
+                *dx = dy * (cdf + x * inv_sqrt_2pi * gauss);
+            }
+        });
+    dx
+}
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "wit-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = float_kernel!("gelu", s, gelu_fwd(slice(s, l)?));
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &GeluGrad)?))
+    }
+}
+
+struct GeluGrad;
+
+impl CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "wit-gelu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = float_kernel!(
+            "gelu backward",
+            s1,
+            gelu_bwd(slice(s1, l1)?, slice(s2, l2)?)
+        );
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// LayerNorm over the last dimension with gain `g` and bias `b`, normalised in at least f32.
+pub fn layer_norm(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    if fusable(x) {
+        let (g, b) = (g.to_dtype(x.dtype())?, b.to_dtype(x.dtype())?);
+        return x
+            .contiguous()?
+            .apply_op3(&g.contiguous()?, &b.contiguous()?, LayerNorm { eps });
+    }
+    plain_layer_norm(x, g, b, eps)
+}
+
+/// LayerNorm from plain ops, for devices and dtypes the fused kernel does not take.
+fn plain_layer_norm(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let work = match dtype {
+        DType::F64 => DType::F64,
+        _ => DType::F32,
+    };
+    let x = x.to_dtype(work)?;
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    let y = xn
+        .broadcast_mul(&g.to_dtype(work)?)?
+        .broadcast_add(&b.to_dtype(work)?)?;
+    y.to_dtype(dtype)
+}
+
+struct LayerNorm {
+    eps: f64,
+}
+
+/// Mean and `1/σ` of one row.
+fn row_stats<T: Real>(x: &[T], eps: T) -> (T, T) {
+    let n = T::from(x.len()).unwrap();
+    let mean = x.iter().copied().sum::<T>() / n;
+    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
+    (mean, (var + eps).sqrt().recip())
+}
+
+fn layer_norm_fwd<T: Real>(x: &[T], g: &[T], b: &[T], eps: f64) -> Vec<T> {
+    let w = g.len();
+    let eps = T::from(eps).unwrap();
+    let mut y = vec![T::zero(); x.len()];
+    let task = rows_per_task(w) * w;
+    y.par_chunks_mut(task)
+        .zip(x.par_chunks(task))
+        .for_each(|(y, x)| {
+            for (y, x) in y.chunks_exact_mut(w).zip(x.chunks_exact(w)) {
+                let (mean, rstd) = row_stats(x, eps);
+                for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(g).zip(b) {
+                    *y = (x - mean) * rstd * g + b;
+                }
+            }
+        });
+    y
+}
+
+/// Gradients of LayerNorm, laid out as `rows + 2` rows of `w`: `dx`, then `dg`, then `db`.
+/// With `x̂ = (x − μ)/σ` and `ĝ = dy·g`: `dx = (ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) / σ`,
+/// `dg = Σ_rows dy·x̂`, `db = Σ_rows dy`.
+fn layer_norm_bwd<T: Real>(x: &[T], g: &[T], dy: &[T], eps: f64) -> Vec<T> {
+    let w = g.len();
+    let rows = x.len() / w;
+    let (eps, n) = (T::from(eps).unwrap(), T::from(w).unwrap());
+    let mut out = vec![T::zero(); (rows + 2) * w];
+    let (dx, sums) = out.split_at_mut(rows * w);
+    let task = rows_per_task(w) * w;
+    let partial = dx
+        .par_chunks_mut(task)
+        .zip(x.par_chunks(task).zip(dy.par_chunks(task)))
+        .map(|(dx, (x, dy))| {
+            let mut acc = vec![T::zero(); 2 * w];
+            let (dg, db) = acc.split_at_mut(w);
+            for ((dx, x), dy) in dx
+                .chunks_exact_mut(w)
+                .zip(x.chunks_exact(w))
+                .zip(dy.chunks_exact(w))
+            {
+                let (mean, rstd) = row_stats(x, eps);
+                let (mut sum_gy, mut sum_gy_xhat) = (T::zero(), T::zero());
+                for j in 0..w {
+                    let xhat = (x[j] - mean) * rstd;
+                    let gy = dy[j] * g[j];
+                    sum_gy += gy;
+                    sum_gy_xhat += gy * xhat;
+                    dg[j] += dy[j] * xhat;
+                    db[j] += dy[j];
+                }
+                let (mean_gy, mean_gy_xhat) = (sum_gy / n, sum_gy_xhat / n);
+                for j in 0..w {
+                    let xhat = (x[j] - mean) * rstd;
+                    dx[j] = (dy[j] * g[j] - mean_gy - xhat * mean_gy_xhat) * rstd;
+                }
+            }
+            acc
+        })
+        .reduce(
+            || vec![T::zero(); 2 * w],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, &b)| *a += b);
+                a
+            },
+        );
+    sums.copy_from_slice(&partial);
+    out
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "wit-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = float_kernel!(
+            "layer_norm",
+            s1,
+            layer_norm_fwd(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, self.eps)
+        );
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        g: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let w = g.elem_count();
+        let rows = x.elem_count() / w;
+        let all = x.apply_op3_no_bwd(g, &dy.contiguous()?, &LayerNormGrad { eps: self.eps })?;
+        let dx = all.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let dg = all.get(rows)?.reshape(g.shape())?;
+        let db = all.get(rows + 1)?.reshape(g.shape())?;
+        Ok((Some(dx), Some(dg), Some(db)))
+    }
+}
+
+struct LayerNormGrad {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "wit-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let w = l2.shape().elem_count();
+        let rows = l1.shape().elem_count() / w;
+        let out = float_kernel!(
+            "layer_norm backward",
+            s1,
+            layer_norm_bwd(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, self.eps)
+        );
+        Ok((out, Shape::from((rows + 2, w))))
+    }
+}
+
+/// Softmax from plain ops, for devices and dtypes the fused kernel does not take.
+fn plain_softmax_last(x: &Tensor, causal: bool) -> Result<Tensor> {
+    let dtype = x.dtype();
+    // bf16 sums lose too much precision over long rows: normalise in f32.
+    let x = match dtype {
+        DType::BF16 | DType::F16 => x.to_dtype(DType::F32)?,
+        _ => x.clone(),
+    };
+    let x = match causal {
+        true => x.broadcast_add(&causal_mask(x.dim(D::Minus1)?, x.dtype(), x.device())?)?,
+        false => x,
+    };
+    // The max is detached: softmax does not depend on the shift.
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    e.broadcast_div(&sum)?.to_dtype(dtype)
+}
+
+/// `-inf` above the diagonal: token i attends to tokens 0..=i only.
+fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let values: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(values, (t, t), device)?.to_dtype(dtype)
+}
+
+/// `y = x Wᵀ + b` for `x` of shape `(rows, in)`, `W` `(out, in)` and `b` `(out)`.
+///
+/// On CPU one gemm adds `x Wᵀ` onto the bias rows, and the backward pass is three products
+/// (`dx = dy W`, `dW = dyᵀ x`, `db = 1ᵀ dy`). Through candle the same layer is a transpose, a
+/// matmul, a broadcast of the bias and an add, each a graph node with its own backward pass and
+/// gradient buffers.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (w, b) = (w.to_dtype(x.dtype())?, b.to_dtype(x.dtype())?);
+    if fusable(x) {
+        return x
+            .contiguous()?
+            .apply_op3(&w.contiguous()?, &b.contiguous()?, Linear);
+    }
+    x.matmul(&w.t()?)? + rows_of(&b, x.dim(0)?)?
+}
+
+/// Repeats a vector over `rows` rows as the outer product `ones(rows, 1) · v`, so that the
+/// gradient of `v` is a matrix product (fast gemm) rather than candle's slow reduction over the
+/// leading dimension that `broadcast_add` backpropagates through.
+fn rows_of(v: &Tensor, rows: usize) -> Result<Tensor> {
+    let ones = Tensor::ones((rows, 1), v.dtype(), v.device())?;
+    ones.matmul(&v.reshape((1, v.elem_count()))?)
+}
+
+fn linear_fwd<T: Real>(x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+    let (outputs, inputs) = (b.len(), w.len() / b.len().max(1));
+    let rows = x.len() / inputs.max(1);
+    let mut y = Vec::with_capacity(rows * outputs);
+    for _ in 0..rows {
+        y.extend_from_slice(b);
+    }
+    let threads = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    matmul(
+        &mut y,
+        (x, false),
+        (w, true),
+        (rows, outputs, inputs),
+        T::one(),
+        true,
+        threads,
+    );
+    y
+}
+
+struct Linear;
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "wit-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, outputs) = (l1.dims()[0], l3.shape().elem_count());
+        if l1.dims().len() != 2 || l2.dims() != [outputs, l1.dims()[1]] {
+            return Err(candle_core::Error::Msg(format!(
+                "linear takes x (rows, in), W (out, in), b (out), got {:?}, {:?}, {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            )));
+        }
+        let out = float_kernel!(
+            "linear",
+            s1,
+            linear_fwd(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?)
+        );
+        Ok((out, Shape::from((rows, outputs))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (x, w, dy) = (x.detach(), w.detach(), dy.detach());
+        let ones = Tensor::ones((1, dy.dim(0)?), dy.dtype(), dy.device())?;
+        Ok((
+            Some(dy.matmul(&w)?),
+            Some(dy.t()?.matmul(&x)?),
+            Some(ones.matmul(&dy)?.reshape(b.shape())?),
+        ))
+    }
+}
+
+/// Scaled dot-product attention `softmax(q kᵀ/√d) v` over `qkv` stacked as `(3, B, H, T, D)`,
+/// giving `(B, H, T, D)`; with `causal`, query `i` sees keys `0..=i` only.
+///
+/// On CPU it runs as one op parallel over the `B·H` heads, each head's small matrix products
+/// serial inside its task: through candle, every head is its own single-threaded gemm call from
+/// one thread, the scores and probabilities are graph nodes with their own backward passes, and the
+/// second core waits. The backward pass recomputes the probabilities (as flash attention does)
+/// instead of keeping `B·H·T²` of them alive.
+pub fn attention(qkv: &Tensor, causal: bool) -> Result<Tensor> {
+    if fusable(qkv) {
+        return qkv.contiguous()?.apply_op1(Attention { causal });
+    }
+    let scale = (qkv.dim(D::Minus1)? as f64).powf(-0.5);
+    let q = (qkv.get(0)? * scale)?;
+    let (k, v) = (qkv.get(1)?, qkv.get(2)?);
+    plain_softmax_last(&q.matmul(&k.t()?)?, causal)?.matmul(&v)
+}
+
+/// `dst (m×n) = beta · A · B` (or `dst += …` with `accumulate`) for row-major `A` (`m×k`, or stored
+/// `k×m` when `a_t`) and `B` (`k×n`, or stored `n×k` when `b_t`).
+fn matmul<T: Real>(
+    dst: &mut [T],
+    (a, a_t): (&[T], bool),
+    (b, b_t): (&[T], bool),
+    (m, n, k): (usize, usize, usize),
+    beta: T,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    let (a_rs, a_cs) = if a_t { (1, m) } else { (k, 1) };
+    let (b_rs, b_cs) = if b_t { (1, k) } else { (n, 1) };
+    // SAFETY: the asserts above keep every index the strides reach inside the three slices, and
+    // `dst` is borrowed mutably, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            T::one(),
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// One head's product inside an already parallel loop: serial, overwriting `dst`.
+fn head_matmul<T: Real>(
+    dst: &mut [T],
+    a: (&[T], bool),
+    b: (&[T], bool),
+    dims: (usize, usize, usize),
+    beta: T,
+) {
+    matmul(dst, a, b, dims, beta, false, gemm::Parallelism::None);
+}
+
+/// Softmax of each row of the square `t×t` score block `s`, in place; causal rows see `0..=i`.
+fn softmax_rows<T: Real>(s: &mut [T], t: usize, causal: bool) {
+    for (i, row) in s.chunks_exact_mut(t).enumerate() {
+        let seen = if causal { i + 1 } else { t };
+        let (live, future) = row.split_at_mut(seen);
+        let max = live.iter().copied().fold(T::neg_infinity(), Float::max);
+        live.iter_mut().for_each(|x| *x = T::exp_fast(*x - max));
+        let inv = live.iter().copied().sum::<T>().recip();
+        live.iter_mut().for_each(|x| *x *= inv);
+        future.iter_mut().for_each(|x| *x = T::zero());
+    }
+}
+
+/// Shape of a `(3, B, H, T, D)` stack: heads `B·H`, `T`, `D`.
+fn qkv_dims(l: &Layout) -> Result<(usize, usize, usize)> {
+    match l.dims() {
+        &[3, b, h, t, d] => Ok((b * h, t, d)),
+        dims => Err(candle_core::Error::Msg(format!(
+            "attention takes q, k and v stacked as (3, B, H, T, D), got {dims:?}"
+        ))),
+    }
+}
+
+fn attention_fwd<T: Real>(qkv: &[T], (heads, t, d): (usize, usize, usize), causal: bool) -> Vec<T> {
+    let mat = t * d;
+    let (q, kv) = qkv.split_at(heads * mat);
+    let (k, v) = kv.split_at(heads * mat);
+    let scale = T::from(d).unwrap().sqrt().recip();
+    let mut out = vec![T::zero(); heads * mat];
+    out.par_chunks_mut(mat).enumerate().for_each_init(
+        || vec![T::zero(); t * t],
+        |p, (i, o)| {
+            let head = i * mat..(i + 1) * mat;
+            let (q, k, v) = (&q[head.clone()], &k[head.clone()], &v[head]);
+            head_matmul(p, (q, false), (k, true), (t, t, d), scale);
+            softmax_rows(p, t, causal);
+            head_matmul(o, (p, false), (v, false), (t, d, t), T::one());
+        },
+    );
+    out
+}
+
+/// Gradients of attention as a `(3, B, H, T, D)` stack, from `P = softmax(s)`, `s = q kᵀ/√d`:
+/// `dv = Pᵀ do`, `dP = do vᵀ`, `ds = P ∘ (dP − rowsum(dP ∘ P))`, `dq = ds k/√d`, `dk = dsᵀ q/√d`.
+fn attention_bwd<T: Real>(
+    qkv: &[T],
+    d_out: &[T],
+    (heads, t, d): (usize, usize, usize),
+    causal: bool,
+) -> Vec<T> {
+    let mat = t * d;
+    let (q, kv) = qkv.split_at(heads * mat);
+    let (k, v) = kv.split_at(heads * mat);
+    let scale = T::from(d).unwrap().sqrt().recip();
+    let mut grads = vec![T::zero(); 3 * heads * mat];
+    let (dq, dkv) = grads.split_at_mut(heads * mat);
+    let (dk, dv) = dkv.split_at_mut(heads * mat);
+    dq.par_chunks_mut(mat)
+        .zip(dk.par_chunks_mut(mat).zip(dv.par_chunks_mut(mat)))
+        .enumerate()
+        .for_each_init(
+            || (vec![T::zero(); t * t], vec![T::zero(); t * t]),
+            |(p, dp), (i, (dq, (dk, dv)))| {
+                let head = i * mat..(i + 1) * mat;
+                let (q, k, v) = (&q[head.clone()], &k[head.clone()], &v[head.clone()]);
+                let d_out = &d_out[head];
+                head_matmul(p, (q, false), (k, true), (t, t, d), scale);
+                softmax_rows(p, t, causal);
+                head_matmul(dv, (p, true), (d_out, false), (t, d, t), T::one());
+                head_matmul(dp, (d_out, false), (v, true), (t, t, d), T::one());
+                for (p, ds) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)) {
+                    let dot = p.iter().zip(ds.iter()).map(|(&p, &g)| p * g).sum::<T>();
+                    ds.iter_mut().zip(p).for_each(|(g, &p)| *g = p * (*g - dot));
+                }
+                head_matmul(dq, (dp, false), (k, false), (t, d, t), scale);
+                head_matmul(dk, (dp, true), (q, false), (t, d, t), scale);
+            },
+        );
+    grads
+}
+
+struct Attention {
+    causal: bool,
+}
+
+impl CustomOp1 for Attention {
+    fn name(&self) -> &'static str {
+        "wit-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = qkv_dims(l)?;
+        let out = float_kernel!(
+            "attention",
+            s,
+            attention_fwd(slice(s, l)?, dims, self.causal)
+        );
+        Ok((out, Shape::from(&l.dims()[1..])))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _out: &Tensor, d_out: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(qkv.apply_op2_no_bwd(
+            &d_out.contiguous()?,
+            &AttentionGrad {
+                causal: self.causal,
+            },
+        )?))
+    }
+}
+
+struct AttentionGrad {
+    causal: bool,
+}
+
+impl CustomOp2 for AttentionGrad {
+    fn name(&self) -> &'static str {
+        "wit-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = qkv_dims(l1)?;
+        let out = float_kernel!(
+            "attention backward",
+            s1,
+            attention_bwd(slice(s1, l1)?, slice(s2, l2)?, dims, self.causal,)
+        );
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    /// A seeded random tensor: values spread over ±3, where GELU and softmax curve most.
+    fn random(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| rng.random_range(-3.0..3.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    /// Value and gradients (w.r.t. each input) of `Σ f(inputs) · weights` in f64: a random
+    /// linear read-out, so every output element's gradient is checked.
+    fn value_and_grads(
+        f: impl Fn(&[Tensor]) -> Result<Tensor>,
+        inputs: &[Tensor],
+    ) -> (Tensor, Vec<Tensor>) {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let y = f(&tensors).unwrap();
+        let weights = random(y.dims(), 99, DType::F64);
+        let grads = (&y * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g = tensors
+            .iter()
+            .map(|t| grads.get(t).unwrap().clone())
+            .collect();
+        (y, g)
+    }
+
+    /// The fused op and its plain-op twin agree in value and in every input's gradient (f64, so
+    /// only a wrong formula, not rounding, can tell them apart).
+    fn assert_matches_plain(
+        fused: impl Fn(&[Tensor]) -> Result<Tensor>,
+        plain: impl Fn(&[Tensor]) -> Result<Tensor>,
+        inputs: &[Tensor],
+    ) {
+        let (y_fused, g_fused) = value_and_grads(fused, inputs);
+        let (y_plain, g_plain) = value_and_grads(plain, inputs);
+        assert!(max_abs_diff(&y_fused, &y_plain) < 1e-12, "values differ");
+        for (i, (a, b)) in g_fused.iter().zip(&g_plain).enumerate() {
+            let diff = max_abs_diff(a, b);
+            assert!(diff < 1e-10, "gradient of input {i} differs by {diff}");
+        }
+    }
+
+    #[test]
+    fn gelu_and_its_gradient_match_the_plain_ops() {
+        let x = random(&[3, 5, 70], 1, DType::F64);
+        // Spelled out through `erf`: candle's own `gelu_erf` backward rounds 1/√(2π) to 0.398942.
+        let exact = |t: &[Tensor]| {
+            let cdf = ((t[0].affine(std::f64::consts::FRAC_1_SQRT_2, 0.0)?.erf()? + 1.0)? * 0.5)?;
+            &t[0] * cdf
+        };
+        assert_matches_plain(|t| gelu(&t[0]), exact, &[x]);
+    }
+
+    #[test]
+    fn layer_norm_and_its_three_gradients_match_the_plain_ops() {
+        let x = random(&[4, 9, 24], 2, DType::F64);
+        let g = random(&[24], 3, DType::F64);
+        let b = random(&[24], 4, DType::F64);
+        assert_matches_plain(
+            |t| layer_norm(&t[0], &t[1], &t[2], 1e-5),
+            |t| plain_layer_norm(&t[0], &t[1], &t[2], 1e-5),
+            &[x, g, b],
+        );
+    }
+
+    #[test]
+    fn linear_and_its_three_gradients_match_the_plain_ops() {
+        let x = random(&[37, 12], 10, DType::F64);
+        let w = random(&[9, 12], 11, DType::F64);
+        let b = random(&[9], 12, DType::F64);
+        assert_matches_plain(
+            |t| linear(&t[0], &t[1], &t[2]),
+            |t| t[0].matmul(&t[1].t()?)?.broadcast_add(&t[2]),
+            &[x, w, b],
+        );
+    }
+
+    #[test]
+    fn attention_and_its_gradient_match_the_plain_ops_with_and_without_the_causal_mask() {
+        for causal in [false, true] {
+            let qkv = random(&[3, 2, 3, 7, 5], 5, DType::F64);
+            assert_matches_plain(
+                |t| attention(&t[0], causal),
+                |t| {
+                    let scale = (t[0].dim(D::Minus1)? as f64).powf(-0.5);
+                    let q = (t[0].get(0)? * scale)?;
+                    let (k, v) = (t[0].get(1)?, t[0].get(2)?);
+                    plain_softmax_last(&q.matmul(&k.t()?)?, causal)?.matmul(&v)
+                },
+                &[qkv],
+            );
+        }
+    }
+
+    #[test]
+    fn causal_attention_never_reads_a_later_key() {
+        let qkv = random(&[3, 1, 2, 6, 4], 6, DType::F32);
+        let base = attention(&qkv, true).unwrap();
+        // Change the last position's key and value: only the last query may see them.
+        let mut values = qkv.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (heads, t, d) = (2, 6, 4);
+        for part in 1..3 {
+            for h in 0..heads {
+                let at = ((part * heads + h) * t + t - 1) * d;
+                values[at..at + d].iter_mut().for_each(|x| *x += 5.0);
+            }
+        }
+        let changed = Tensor::from_vec(values, qkv.shape(), &Device::Cpu).unwrap();
+        let after = attention(&changed, true).unwrap();
+        let early = |x: &Tensor| x.narrow(2, 0, t - 1).unwrap();
+        assert_eq!(max_abs_diff(&early(&base), &early(&after)), 0.0);
+        assert!(
+            max_abs_diff(&base, &after) > 1e-3,
+            "the last query must see it"
+        );
+    }
+
+    #[test]
+    fn fast_f32_exp_is_within_a_few_ulps_of_libm() {
+        for i in -8700..=8800 {
+            let x = i as f32 * 0.01;
+            let (fast, exact) = (f32::exp_fast(x), (x as f64).exp());
+            let rel = ((fast as f64 - exact) / exact).abs();
+            assert!(rel < 1e-6, "exp({x}) = {fast}, relative error {rel}");
+        }
+    }
+
+    #[test]
+    fn f32_kernels_stay_within_f32_rounding_of_the_f64_ones() {
+        let x64 = random(&[96, 40], 7, DType::F64);
+        let x32 = x64.to_dtype(DType::F32).unwrap();
+        let g = random(&[40], 8, DType::F64);
+        let b = random(&[40], 9, DType::F64);
+        type Kernel = fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>;
+        let cases: [(&str, Kernel, f64); 3] = [
+            ("gelu", |x, _, _| gelu(x), 1e-6),
+            ("layer_norm", |x, g, b| layer_norm(x, g, b, 1e-5), 1e-5),
+            (
+                "attention",
+                |x, _, _| attention(&x.reshape((3, 2, 2, 16, 20))?, true),
+                1e-5,
+            ),
+        ];
+        for (name, f, tol) in cases {
+            let exact = f(&x64, &g, &b).unwrap();
+            let single = f(&x32, &g, &b).unwrap().to_dtype(DType::F64).unwrap();
+            let diff = max_abs_diff(&exact, &single);
+            assert!(diff < tol, "{name}: f32 differs from f64 by {diff}");
+        }
+    }
+}
