@@ -28,6 +28,34 @@ pub enum ResizeMode {
     Border,
 }
 
+/// How pixels are resampled when an image is scaled; img2dataset's names for OpenCV's filters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interpolation {
+    /// The nearest source pixel.
+    Nearest,
+    /// Bilinear.
+    Linear,
+    /// Bicubic (Catmull-Rom).
+    Cubic,
+    /// The mean of the source pixels each output pixel covers (OpenCV's `INTER_AREA`): the
+    /// alias-free, cheap choice for downscaling, and img2dataset's default there.
+    Area,
+    /// Lanczos with 3 lobes (OpenCV's `INTER_LANCZOS4` has 4): img2dataset's default for upscaling.
+    Lanczos,
+}
+
+impl Interpolation {
+    fn algorithm(self) -> fr::ResizeAlg {
+        match self {
+            Interpolation::Nearest => fr::ResizeAlg::Nearest,
+            Interpolation::Linear => fr::ResizeAlg::Convolution(fr::FilterType::Bilinear),
+            Interpolation::Cubic => fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom),
+            Interpolation::Area => fr::ResizeAlg::Convolution(fr::FilterType::Box),
+            Interpolation::Lanczos => fr::ResizeAlg::Convolution(fr::FilterType::Lanczos3),
+        }
+    }
+}
+
 /// Everything [`process`] needs to know; `Default` gives img2dataset's defaults.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageOptions {
@@ -37,6 +65,10 @@ pub struct ImageOptions {
     pub resize_mode: ResizeMode,
     /// Never upscale: images already within `image_size` keep their size.
     pub resize_only_if_bigger: bool,
+    /// Filter for images scaled up.
+    pub upscale_interpolation: Interpolation,
+    /// Filter for images scaled down.
+    pub downscale_interpolation: Interpolation,
     /// Encoding of the stored image.
     pub encode_format: ImageFormat,
     /// JPEG quality 1–100 (ignored for PNG and lossless WebP).
@@ -62,6 +94,8 @@ impl Default for ImageOptions {
             image_size: 256,
             resize_mode: ResizeMode::Border,
             resize_only_if_bigger: false,
+            upscale_interpolation: Interpolation::Lanczos,
+            downscale_interpolation: Interpolation::Area,
             encode_format: ImageFormat::Jpg,
             encode_quality: 95,
             skip_reencode: false,
@@ -256,7 +290,7 @@ pub fn process(bytes: &[u8], opts: &ImageOptions) -> Result<Processed, ImageErro
     let geom = geometry(w, h, opts);
     let decoded = decode(bytes, source, decoder, orientation, geom, (w, h))?;
     let changed = geom.is_some() || decoded.had_alpha || orientation != Orientation::NoTransforms;
-    let (encoded, phash) = finish(decoded.rgb, geom)?;
+    let (encoded, phash) = finish(decoded.rgb, geom, opts)?;
     let image = match ImageFormat::from_magic(bytes) {
         Some(format) if opts.skip_reencode && !changed => EncodedImage {
             bytes: bytes.to_vec(),
@@ -453,7 +487,11 @@ fn composite_on_white<const N: usize>(pixels: &[u8]) -> Vec<u8> {
 
 /// Applies the geometry and returns the final pixels plus the perceptual hash of the whole
 /// (uncropped, unpadded) image, so copies stored with different modes still hash alike.
-fn finish(rgb: RgbImage, geom: Option<Geometry>) -> Result<(RgbImage, u64), ImageError> {
+fn finish(
+    rgb: RgbImage,
+    geom: Option<Geometry>,
+    opts: &ImageOptions,
+) -> Result<(RgbImage, u64), ImageError> {
     let Some(g) = geom else {
         let hash = phash(&rgb);
         return Ok((rgb, hash));
@@ -461,7 +499,13 @@ fn finish(rgb: RgbImage, geom: Option<Geometry>) -> Result<(RgbImage, u64), Imag
     let scaled = if rgb.dimensions() == g.resize_to {
         rgb
     } else {
-        resize_rgb(&rgb, g.resize_to.0, g.resize_to.1, fr::FilterType::Lanczos3)?
+        // A DCT-scaled JPEG may arrive smaller than the original, so compare with what was decoded.
+        let filter = if g.resize_to.0 < rgb.width() || g.resize_to.1 < rgb.height() {
+            opts.downscale_interpolation
+        } else {
+            opts.upscale_interpolation
+        };
+        resize_rgb(&rgb, g.resize_to.0, g.resize_to.1, filter.algorithm())?
     };
     let hash = phash(&scaled);
     let out = if let Some((x, y, w, h)) = g.crop {
@@ -491,13 +535,13 @@ fn resize_rgb(
     src: &RgbImage,
     w: u32,
     h: u32,
-    filter: fr::FilterType,
+    algorithm: fr::ResizeAlg,
 ) -> Result<RgbImage, ImageError> {
     let view =
         fr::images::ImageRef::new(src.width(), src.height(), src.as_raw(), fr::PixelType::U8x3)
             .map_err(|e| failed("resize", e))?;
     let mut dst = fr::images::Image::new(w, h, fr::PixelType::U8x3);
-    let options = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(filter));
+    let options = fr::ResizeOptions::new().resize_alg(algorithm);
     fr::Resizer::new()
         .resize(&view, &mut dst, &options)
         .map_err(|e| failed("resize", e))?;
@@ -557,8 +601,13 @@ pub fn phash(rgb: &RgbImage) -> u64 {
     let small = if rgb.dimensions() == (N as u32, N as u32) {
         rgb.clone()
     } else {
-        resize_rgb(rgb, N as u32, N as u32, fr::FilterType::Box)
-            .unwrap_or_else(|_| image::imageops::thumbnail(rgb, N as u32, N as u32))
+        resize_rgb(
+            rgb,
+            N as u32,
+            N as u32,
+            fr::ResizeAlg::Convolution(fr::FilterType::Box),
+        )
+        .unwrap_or_else(|_| image::imageops::thumbnail(rgb, N as u32, N as u32))
     };
     let grey: Vec<f64> = small
         .pixels()
@@ -660,6 +709,56 @@ pub(crate) mod tests {
         let mut out = Cursor::new(Vec::new());
         img.write_to(&mut out, format).expect("encode test image");
         out.into_inner()
+    }
+
+    #[test]
+    fn downscaling_averages_by_default_and_each_direction_has_its_own_filter() {
+        // A one-pixel checkerboard: averaging turns it grey, the nearest pixel keeps it pure.
+        let board = RgbImage::from_fn(200, 200, |x, y| {
+            image::Rgb([if (x + y) % 2 == 0 { 0 } else { 255 }; 3])
+        });
+        let board = encoded(&board.into(), image::ImageFormat::Png);
+        let lossless = |o: ImageOptions| ImageOptions {
+            encode_format: ImageFormat::Png,
+            ..o
+        };
+        let down = opts(ResizeMode::KeepRatio, 50);
+        let area = decode_output(&process(&board, &lossless(down.clone())).unwrap());
+        assert!(area.pixels().all(|p| (120..=135).contains(&p.0[0])));
+        let nearest = ImageOptions {
+            downscale_interpolation: Interpolation::Nearest,
+            ..lossless(down)
+        };
+        let nearest = decode_output(&process(&board, &nearest).unwrap());
+        assert!(nearest.pixels().all(|p| p.0[0] == 0 || p.0[0] == 255));
+        // Averaging never leaves the range of the source pixels; Lanczos rings at a step edge.
+        let step = RgbImage::from_fn(203, 100, |x, _| {
+            image::Rgb([if x < 101 { 64 } else { 192 }; 3])
+        });
+        let step = encoded(&step.into(), image::ImageFormat::Png);
+        let range = |o: &ImageOptions| {
+            let out = decode_output(&process(&step, o).unwrap());
+            let v: Vec<u8> = out.pixels().map(|p| p.0[0]).collect();
+            (*v.iter().min().unwrap(), *v.iter().max().unwrap())
+        };
+        let down = lossless(opts(ResizeMode::KeepRatio, 25));
+        assert_eq!(range(&down), (64, 192));
+        let lanczos = ImageOptions {
+            downscale_interpolation: Interpolation::Lanczos,
+            ..down
+        };
+        let (low, high) = range(&lanczos);
+        assert!(low < 64 || high > 192, "Lanczos overshoots at the edge");
+        // Scaling up takes the upscale filter: nearest keeps exactly the two source colours.
+        let halves = encoded(&halves(20, 10), image::ImageFormat::Png);
+        let up = ImageOptions {
+            upscale_interpolation: Interpolation::Nearest,
+            ..lossless(opts(ResizeMode::KeepRatio, 40))
+        };
+        let up = decode_output(&process(&halves, &up).unwrap());
+        assert_eq!(up.dimensions(), (80, 40));
+        let colours: std::collections::BTreeSet<[u8; 3]> = up.pixels().map(|p| p.0).collect();
+        assert_eq!(colours.len(), 2, "nearest upscaling invents no colours");
     }
 
     fn opts(mode: ResizeMode, size: u32) -> ImageOptions {

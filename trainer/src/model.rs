@@ -2,8 +2,9 @@
 //! whose parameters carry Hugging Face `CLIPModel` names, so export is a plain save.
 //!
 //! candle 0.11's fused `LayerNorm`, `layer_norm`, `softmax_last_dim` and `sdpa` have no backward; this
-//! module uses none of them. LayerNorm, attention and GELU come from `fused`, whose CPU kernels carry
-//! their own backward passes; the gradient test checks every parameter still learns.
+//! module uses none of them. LayerNorm, attention, GELU and biased linear layers come from `fused`,
+//! whose CPU kernels carry their own backward passes; the gradient test checks every parameter
+//! still learns.
 
 use crate::config::{ClipConfig, PosEmbedInit};
 use crate::fused;
