@@ -25,7 +25,7 @@ pub struct ImageArgs {
     #[arg(long, value_enum, default_value = "lanczos")]
     pub upscale_interpolation: InterpolationArg,
     /// Filter for images scaled down (area averages the pixels each output pixel covers: no
-    /// aliasing, and several times cheaper than lanczos on large photos; img2dataset's default).
+    /// aliasing, and a sixth of lanczos's taps per output pixel; img2dataset's default).
     #[arg(long, value_enum, default_value = "area")]
     pub downscale_interpolation: InterpolationArg,
     /// Encoding of the stored images.
