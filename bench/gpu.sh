@@ -6,8 +6,9 @@
 # WIT_BINARY is `wit` built with `--features cuda` (see README, "CUDA"); the machine needs the NVIDIA
 # driver and Python with torch + open_clip (`pip install open_clip_torch`). For ViT-B/32 at
 # batch 256 on synthetic pairs, bf16 autocast over f32 master weights for both, it alternates wit
-# and open_clip ROUNDS times (default 2). It reports samples/s and peak GPU memory: nvidia-smi's device-wide maximum
-# above the idle reading, polled every 100 ms, so both tools are measured the same way. With
+# and open_clip ROUNDS times (default 2). It reports samples/s and peak GPU memory: nvidia-smi's
+# device-wide maximum above the idle reading, polled every 100 ms, so both tools are measured the
+# same way. With
 # DEMO_DIR (a finished `wit demo --dir DEMO_DIR`), it also trains the demo's tiny CLIP on CUDA
 # with the demo's recipe for 500, 2000 and 4000 steps and evaluates each on the held-out pairs.
 # Everything goes to OUT_DIR/gpu.log; the evaluations go to OUT_DIR/eval-<steps>.json.
@@ -39,14 +40,12 @@ with_peak() {
 }
 
 for round in $(seq "${ROUNDS:-2}"); do
-  for batch in 256; do
-    echo "== round $round: wit, ViT-B/32, batch $batch"
-    with_peak "$WIT" bench train --config vit-b-32 --device cuda --batch-size "$batch" \
-      --vocab-size 49408 --caption-tokens 16 --steps 30 --warmup-steps 3
-    echo "== round $round: open_clip, ViT-B-32, batch $batch"
-    with_peak "$PY" "$HERE/open_clip_step.py" --model ViT-B-32 --batch-size "$batch" \
-      --caption-tokens 16 --steps 30 --warmup-steps 3
-  done
+  echo "== round $round: wit, ViT-B/32, batch 256"
+  with_peak "$WIT" bench train --config vit-b-32 --device cuda --batch-size 256 \
+    --vocab-size 49408 --caption-tokens 16 --steps 30 --warmup-steps 3
+  echo "== round $round: open_clip, ViT-B-32, batch 256"
+  with_peak "$PY" "$HERE/open_clip_step.py" --model ViT-B-32 --batch-size 256 \
+    --caption-tokens 16 --steps 30 --warmup-steps 3
 done
 
 [ -n "$DEMO" ] || exit 0

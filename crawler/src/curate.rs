@@ -606,15 +606,7 @@ mod tests {
         assert_eq!(kept, again, "same seed, same pairs");
         let (_, other) = run(2, "c");
         assert_ne!(kept, other, "another seed draws other pairs");
-        let counts = ParquetRecordBatchReaderBuilder::try_new(
-            File::open(dir.path().join("a").join(COUNTS_FILE)).unwrap(),
-        )
-        .unwrap()
-        .build()
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap();
+        let counts = crate::pairs::first_record_batch(&dir.path().join("a").join(COUNTS_FILE));
         let before = counts
             .column_by_name("count_before")
             .unwrap()

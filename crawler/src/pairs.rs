@@ -308,6 +308,18 @@ fn from_batch(b: &RecordBatch, path: &Path) -> Result<Vec<Pair>, PairsError> {
         .collect())
 }
 
+/// The first record batch of a parquet file, for tests that read back what a writer wrote.
+#[cfg(test)]
+pub(crate) fn first_record_batch(path: &Path) -> RecordBatch {
+    ParquetRecordBatchReaderBuilder::try_new(File::open(path).expect("parquet file opens"))
+        .expect("parquet footer reads")
+        .build()
+        .expect("reader builds")
+        .next()
+        .expect("at least one record batch")
+        .expect("record batch decodes")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,13 +366,7 @@ mod tests {
         w.finish().unwrap();
         let got: Vec<Pair> = read_pairs(&path).unwrap().map(Result::unwrap).collect();
         assert_eq!(got, vec![pair(1), pair(2)]);
-        let batch = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
-            .unwrap()
-            .build()
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap();
+        let batch = first_record_batch(&path);
         let col = batch.column_by_name("negatives").expect("the extra column");
         let col = col.as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!((col.value(0), col.is_null(1)), ("[\"a\"]", true));

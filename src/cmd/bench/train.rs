@@ -46,13 +46,11 @@ pub fn bench_train(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
     for _ in 0..args.warmup_steps {
         trainer.step(&micro)?;
     }
-    device.synchronize()?;
-    let start = Instant::now();
-    for _ in 0..args.steps {
+    let step_ms = time_ms(&device, args.steps, || {
         trainer.step(&micro).context("training step failed")?;
-    }
-    device.synchronize()?;
-    let secs = start.elapsed().as_secs_f64().max(1e-9);
+        Ok(())
+    })?;
+    let secs = (step_ms * args.steps as f64 / 1e3).max(1e-9);
     println!("config: {} batch {}", args.config, args.batch_size);
     println!("steps/s: {:.4}", args.steps as f64 / secs);
     println!(
@@ -71,8 +69,7 @@ pub fn bench_train(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
         Ok(())
     })?;
     println!(
-        "ms per step: forward {forward:.1}, forward + backward {gradients:.1}, whole step {:.1}",
-        1e3 * secs / args.steps as f64
+        "ms per step: forward {forward:.1}, forward + backward {gradients:.1}, whole step {step_ms:.1}"
     );
     Ok(ExitCode::SUCCESS)
 }
