@@ -228,14 +228,28 @@ def transform(img):
     return ((a - MEAN) / STD).transpose(2, 0, 1)
 shards, n, bs = sorted(glob.glob(sys.argv[1] + "/*.tar")), int(sys.argv[2]), int(sys.argv[3])
 ds = wds.WebDataset(shards, shardshuffle=False).repeat().shuffle(5000, initial=1000).decode("pil").to_tuple("jpg;png;jpeg;webp", "txt").map_tuple(transform, lambda t: t).batched(bs)
-t0, seen = time.perf_counter(), 0
+t0, c0, seen = time.perf_counter(), time.process_time(), 0
 for imgs, txts in ds:
     seen += len(imgs)
     if seen >= n:
         break
-dt = time.perf_counter() - t0
+dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+print(f"cpu: {cpu:.3f} s")
+print(f"wall: {dt:.3f} s for {seen} samples")
 print(f"samples/s: {seen/dt:.1f}")
 '''
+
+
+def loader_run(cmd):
+    """One loader run. Both tools print `cpu:` and `wall:` (their process's CPU seconds and the
+    wall seconds of the timed loop) and `samples/s:`. Cores used is the loop's CPU over its wall
+    time, so start-up (imports, thread pools, wit's tokenizer training, counting samples) counts
+    for neither tool."""
+    m = measured(cmd)
+    field = lambda name: float([l for l in m["out"].splitlines() if l.startswith(name + ":")][-1].split(":")[1].split()[0])
+    m["sps"] = field("samples/s")
+    m["loop_cores"] = field("cpu") / max(field("wall"), 1e-9)
+    return m
 
 
 def bench_loader(args, wit, python, work, sources):
@@ -248,18 +262,13 @@ def bench_loader(args, wit, python, work, sources):
             continue
         runs = {"webdataset+PIL": [], "wit": []}
         for rep in range(args.repeats):
-            m = measured([python, script, folder, str(args.loader_samples), str(args.batch)])
-            m["sps"] = float(m["out"].strip().splitlines()[-1].split(":")[1])
-            runs["webdataset+PIL"].append(m)
-            m = measured([wit, "bench", "loader", "--data", folder, "--batch-size", str(args.batch), "--threads", "1", "--samples", str(args.loader_samples), "--crop", "rrc"])
-            m["sps"] = float([l for l in m["out"].splitlines() if l.startswith("samples/s:")][-1].split(":")[1])
+            runs["webdataset+PIL"].append(loader_run([python, script, folder, str(args.loader_samples), str(args.batch)]))
+            m = loader_run([wit, "bench", "loader", "--data", folder, "--batch-size", str(args.batch), "--threads", "1", "--samples", str(args.loader_samples), "--crop", "rrc"])
             runs["wit"].append(m)
             print(f"  loader {label} rep {rep}: python {runs['webdataset+PIL'][-1]['sps']:.0f}/s, wit {m['sps']:.0f}/s", flush=True)
         summary = {}
         for tool, ms in runs.items():
-            cpu = statistics.median(m["cpu"] for m in ms)
-            wall = statistics.median(m["wall"] for m in ms)
-            summary[tool] = {"sps": statistics.median(m["sps"] for m in ms), "cores": cpu / max(wall, 1e-9)}
+            summary[tool] = {"sps": statistics.median(m["sps"] for m in ms), "cores": statistics.median(m["loop_cores"] for m in ms)}
             summary[tool]["sps_core"] = summary[tool]["sps"] / max(summary[tool]["cores"], 1.0)
         rows.append((label, summary, summary["wit"]["sps_core"] / max(summary["webdataset+PIL"]["sps_core"], 1e-9)))
     return rows
@@ -524,6 +533,7 @@ def render(args, dl_rows, loader_rows, html_rows, train_row, load):
             lines.append(f"| {name} | {n} | {tool} | {m['wall']:.2f} | {m['cpu']:.2f} | {m['ips_cpu']:.1f} | {m['ok']}/{m['total']} | {m['rss_mb']:.0f} | {m['bytes']/1e6:.1f} | {'**%.2f×**' % ratio if tool == 'wit' else ''} |")
     if loader_rows is not None:
         lines += ["", f"## Loader: wit vs webdataset + PIL (RandomResizedCrop 224, scale 0.9–1, bicubic, CLIP mean/std, batch {args.batch}, shuffle buffer 5000, one process / one thread)", "",
+                  "Cores used: each tool's CPU seconds (all threads) over the wall seconds of its timed loop, so start-up counts for neither; per core divides by at least 1.", "",
                   "| shards | tool | samples/s | cores used | samples/s per core | ratio (per core) |", "|---|---|---|---|---|---|"]
     for label, s, ratio in loader_rows or []:
         for tool in ("webdataset+PIL", "wit"):

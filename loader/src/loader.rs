@@ -8,13 +8,13 @@ use crate::order::{rng_for, OrderParams, TAG_CROP, TAG_NEGATIVES};
 use crate::source::{resolve_shards, DefaultSource, ShardSource};
 use crate::stats::{Counters, LoaderStats, SkipReason, Stage};
 use crate::transform::{
-    decode_rgb, normalize_planar_into, CropMode, DecodeError, ImageOutput, Transformer,
+    decode_rgb, normalize_into, planar_into, CropMode, DecodeError, ImageOutput, Transformer,
 };
 use crate::{LoaderError, TextTokenizer};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use wit_shards::Sample;
 
@@ -332,7 +332,7 @@ impl Loader {
         let mut captions = Vec::with_capacity(b);
         let mut tokens = Vec::with_capacity(b * ctx);
         let mut negatives = Vec::new();
-        // Workers deliver planar u8; f32 output is normalised here, straight into the batch.
+        // Workers deliver interleaved u8 crops; they become planes here, straight in the batch.
         let per_sample = 3 * s * s;
         let mut f32s = Vec::new();
         let mut u8s = Vec::new();
@@ -340,16 +340,14 @@ impl Loader {
             ImageOutput::Normalized => f32s.reserve_exact(b * per_sample),
             ImageOutput::U8 => u8s.reserve_exact(b * per_sample),
         }
-        prefer_huge_pages(&mut f32s);
-        prefer_huge_pages(&mut u8s);
         for item in items {
             keys.push(item.key);
             captions.push(item.caption);
             tokens.extend_from_slice(&item.tokens);
             negatives.extend(item.negatives.into_iter().flatten());
             match self.cfg.output {
-                ImageOutput::Normalized => normalize_planar_into(&item.planar, &mut f32s),
-                ImageOutput::U8 => u8s.extend_from_slice(&item.planar),
+                ImageOutput::Normalized => normalize_into(&item.rgb, &mut f32s),
+                ImageOutput::U8 => planar_into(&item.rgb, &mut u8s),
             }
         }
         let dev = &self.cfg.device;
@@ -407,32 +405,6 @@ impl Loader {
     }
 }
 
-/// Asks Linux to back a large, still untouched batch buffer with transparent huge pages.
-///
-/// Every batch is a fresh allocation (the tensor takes ownership), so its pages are faulted in
-/// on first write: for 256 × 224² f32 images that is ~37,000 4 KiB page faults per batch, which
-/// was a third of the loader's CPU time (system time). With 2 MiB pages it is ~75. Advice only:
-/// where huge pages are unavailable (or not Linux) nothing changes.
-fn prefer_huge_pages<T>(buf: &mut Vec<T>) {
-    const MIN_BYTES: usize = 4 << 20;
-    let bytes = buf.capacity() * std::mem::size_of::<T>();
-    if bytes < MIN_BYTES {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let start = (buf.as_mut_ptr() as usize).next_multiple_of(page);
-        let end = (buf.as_mut_ptr() as usize + bytes) / page * page;
-        if end > start {
-            // SAFETY: madvise only gives advice about pages inside this Vec's own allocation;
-            // it reads, writes and unmaps nothing.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-        }
-    }
-}
-
 /// A decoded sample waiting to be collated.
 struct Item {
     key: String,
@@ -440,26 +412,33 @@ struct Item {
     tokens: Vec<u32>,
     /// Token rows of the hard negatives chosen for this sample.
     negatives: Vec<Vec<u32>>,
-    /// The cropped image, planar CHW u8.
-    planar: Vec<u8>,
+    /// The cropped image, interleaved HWC u8.
+    rgb: Vec<u8>,
 }
 
 /// `None` marks the end of a single pass.
 type Done = (u64, Option<Result<Item, SkipReason>>);
 
+/// Results a worker hands over at once. One hand-over per sample woke the caller's thread per
+/// sample, 4 context switches a sample in all; a worker still hands over early, before it
+/// would wait for a job, so nothing ever waits on a result a worker holds.
+const RESULTS_PER_HANDOVER: usize = 16;
+
 /// The running threads of one epoch. Dropping it stops them: the producer waits on credits the
 /// caller no longer sends, workers see closed channels.
 struct Pipeline {
-    results: Receiver<Done>,
-    credits: SyncSender<()>,
+    results: Receiver<Vec<Done>>,
+    credits: Sender<usize>,
+    /// Credits earned by consumed samples and not yet returned to the producer.
+    owed: usize,
     pending: HashMap<u64, Option<Result<Item, SkipReason>>>,
     ended: bool,
 }
 
 impl Pipeline {
     /// Credits bound everything in flight (queued, decoding, decoded but out of order) to
-    /// `window` samples: the producer takes one per sample, the caller returns one per sample
-    /// it consumes.
+    /// `window` samples: the producer spends one per sample, the caller earns one per sample it
+    /// consumes and returns them [`RESULTS_PER_HANDOVER`] at a time, or all before it waits.
     fn start(
         mut stream: OrderStream,
         start: u64,
@@ -467,12 +446,10 @@ impl Pipeline {
         threads: usize,
         ctx: Arc<WorkerCtx>,
     ) -> Pipeline {
-        let (credit_tx, credit_rx) = sync_channel::<()>(window);
-        for _ in 0..window {
-            credit_tx.send(()).expect("the receiver is alive");
-        }
+        let (credit_tx, credit_rx) = channel::<usize>();
+        credit_tx.send(window).expect("the receiver is alive");
         let (job_tx, job_rx) = channel::<Job>();
-        let (res_tx, res_rx) = channel::<Done>();
+        let (res_tx, res_rx) = channel::<Vec<Done>>();
         let producer_res = res_tx.clone();
         std::thread::Builder::new()
             .name("wit-loader-order".into())
@@ -492,6 +469,7 @@ impl Pipeline {
         Pipeline {
             results: res_rx,
             credits: credit_tx,
+            owed: 0,
             pending: HashMap::new(),
             ended: false,
         }
@@ -505,11 +483,22 @@ impl Pipeline {
             }
             if let Some(done) = self.pending.remove(&seq) {
                 self.ended = done.is_none();
-                let _ = self.credits.try_send(());
+                self.owed += 1;
+                if self.owed >= RESULTS_PER_HANDOVER {
+                    self.return_credits();
+                }
                 return Ok(done);
             }
-            let (s, done) = self.results.recv().map_err(|_| LoaderError::WorkersGone)?;
-            self.pending.insert(s, done);
+            self.return_credits();
+            let ready = self.results.recv().map_err(|_| LoaderError::WorkersGone)?;
+            self.pending.extend(ready);
+        }
+    }
+
+    /// Hands the owed credits to the producer (a stopped producer needs none).
+    fn return_credits(&mut self) {
+        if self.owed > 0 {
+            let _ = self.credits.send(std::mem::take(&mut self.owed));
         }
     }
 }
@@ -523,14 +512,22 @@ struct Job {
 fn produce(
     mut stream: OrderStream,
     start: u64,
-    credits: Receiver<()>,
+    credits: Receiver<usize>,
     jobs: Sender<Job>,
-    results: Sender<Done>,
+    results: Sender<Vec<Done>>,
 ) {
     let mut seq = start;
-    while credits.recv().is_ok() {
+    let mut available = 0usize;
+    loop {
+        if available == 0 {
+            match credits.recv() {
+                Ok(n) => available = n,
+                Err(_) => return,
+            }
+        }
+        available -= 1;
         let Some((r, data)) = stream.next_sample() else {
-            let _ = results.send((seq, None));
+            let _ = results.send(vec![(seq, None)]);
             return;
         };
         let job = Job {
@@ -556,14 +553,10 @@ struct WorkerCtx {
     hard_negatives: Option<HardNegatives>,
 }
 
-fn work(jobs: &Mutex<Receiver<Job>>, results: &Sender<Done>, ctx: &WorkerCtx) {
+fn work(jobs: &Mutex<Receiver<Job>>, results: &Sender<Vec<Done>>, ctx: &WorkerCtx) {
     let mut transformer = Transformer::new(ctx.image_size, ctx.crop);
-    loop {
-        let job = match jobs.lock() {
-            Ok(rx) => rx.recv(),
-            Err(_) => return,
-        };
-        let Ok(job) = job else { return };
+    let mut ready = Vec::with_capacity(RESULTS_PER_HANDOVER);
+    while let Some(job) = next_job(jobs, &mut ready, results) {
         let out = job
             .data
             .and_then(|s| process(&s, job.seq, &mut transformer, ctx));
@@ -575,10 +568,32 @@ fn work(jobs: &Mutex<Receiver<Job>>, results: &Sender<Done>, ctx: &WorkerCtx) {
                 "skipping sample"
             );
         }
-        if results.send((job.seq, Some(out))).is_err() {
+        ready.push((job.seq, Some(out)));
+        if ready.len() >= RESULTS_PER_HANDOVER && results.send(std::mem::take(&mut ready)).is_err()
+        {
             return;
         }
     }
+}
+
+/// The next job, or `None` once the producer or the caller is gone. A worker hands over its
+/// `ready` results before anything that may wait (for the queue's lock, which a waiting
+/// worker holds, or for a job): a result held while waiting could be the one the caller waits
+/// for.
+fn next_job(
+    jobs: &Mutex<Receiver<Job>>,
+    ready: &mut Vec<Done>,
+    results: &Sender<Vec<Done>>,
+) -> Option<Job> {
+    if let Ok(rx) = jobs.try_lock() {
+        if let Ok(job) = rx.try_recv() {
+            return Some(job);
+        }
+    }
+    if !ready.is_empty() {
+        results.send(std::mem::take(ready)).ok()?;
+    }
+    jobs.lock().ok()?.recv().ok()
 }
 
 fn process(
@@ -603,11 +618,6 @@ fn process(
     let rgb = c
         .time(Stage::Resize, || t.crop_resize(&img, crop))
         .map_err(|_| SkipReason::CorruptImage)?;
-    let planar = c.time(Stage::Normalize, || {
-        let mut v = Vec::with_capacity(rgb.len());
-        Transformer::planar_into(&rgb, &mut v);
-        v
-    });
     let (tokens, negatives) = c
         .time(Stage::Tokenize, || {
             let negatives = match &ctx.hard_negatives {
@@ -628,7 +638,7 @@ fn process(
         caption: caption.to_string(),
         tokens,
         negatives,
-        planar,
+        rgb,
     })
 }
 

@@ -46,11 +46,9 @@ pub struct LoaderStats {
     pub decode_s: f64,
     /// Seconds cropping and resizing, summed over worker threads.
     pub resize_s: f64,
-    /// Seconds converting crops to planar u8, summed over worker threads.
-    pub normalize_s: f64,
     /// Seconds tokenizing captions, summed over worker threads.
     pub tokenize_s: f64,
-    /// Seconds assembling batch tensors, including normalisation to f32 (caller thread).
+    /// Seconds assembling batch tensors, including the split into planes and normalisation (caller thread).
     pub collate_s: f64,
     /// Seconds the caller waited for decoded samples.
     pub wait_s: f64,
@@ -74,7 +72,6 @@ pub(crate) enum Stage {
     Read,
     Decode,
     Resize,
-    Normalize,
     Tokenize,
     Collate,
     Wait,
@@ -85,7 +82,7 @@ pub(crate) struct Counters {
     samples: AtomicU64,
     batches: AtomicU64,
     skips: [AtomicU64; 6],
-    stage_ns: [AtomicU64; 7],
+    stage_ns: [AtomicU64; 6],
 }
 
 impl Counters {
@@ -121,7 +118,6 @@ impl Counters {
             read_s: s(Stage::Read),
             decode_s: s(Stage::Decode),
             resize_s: s(Stage::Resize),
-            normalize_s: s(Stage::Normalize),
             tokenize_s: s(Stage::Tokenize),
             collate_s: s(Stage::Collate),
             wait_s: s(Stage::Wait),

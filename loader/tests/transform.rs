@@ -5,7 +5,9 @@ mod common;
 use common::{config, jpeg, photo, png, python, write_tar};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use wit_loader::transform::{center_box, clip_box, decode_rgb, rrc_box, Transformer};
+use wit_loader::transform::{
+    center_box, clip_box, decode_rgb, normalize_into, rrc_box, Transformer,
+};
 use wit_loader::{CropMode, Loader};
 
 #[test]
@@ -183,7 +185,7 @@ fn ours(bytes: &[u8], size: u32) -> Vec<f32> {
     let b = t.crop_box(img.width, img.height, &mut ChaCha8Rng::seed_from_u64(0));
     let rgb = t.crop_resize(&img, b).unwrap();
     let mut out = Vec::new();
-    t.normalize_into(&rgb, &mut out);
+    normalize_into(&rgb, &mut out);
     out
 }
 
