@@ -233,12 +233,14 @@ fn center_crop_with_bicubic_resize_matches_pil() {
 #[test]
 fn dct_scaled_jpeg_decode_keeps_enough_pixels() {
     let bytes = jpeg(1600, 1200, 3);
-    let img = decode_rgb(&bytes, 256).unwrap();
+    let img = decode_rgb(&bytes, 150).unwrap();
     assert_eq!(
         (img.width, img.height),
-        (400, 300),
-        "1/4 scale keeps short side ≥ 256"
+        (200, 150),
+        "1/8 scale keeps short side ≥ 150"
     );
-    let full = decode_rgb(&bytes, 1200).unwrap();
-    assert_eq!((full.width, full.height), (1600, 1200));
+    for min_short in [151, 256, 1200] {
+        let full = decode_rgb(&bytes, min_short).unwrap();
+        assert_eq!((full.width, full.height), (1600, 1200), "{min_short}");
+    }
 }

@@ -128,25 +128,28 @@ impl<R: Read> ShardReader<R> {
         Ok(true)
     }
 
-    /// Reads `size` bytes of member data plus padding to the next block.
+    /// Reads `size` bytes of member data plus padding to the next block. The data is read
+    /// straight into its own buffer: no zero-filled bounce buffer per member.
     fn read_data(&mut self, size: u64, name: &str) -> Result<Vec<u8>, ShardError> {
         let truncated = |offset| ShardError::Truncated {
             offset,
             member: Some(name.to_string()),
         };
         let mut data = Vec::with_capacity(size.min(1 << 20) as usize);
-        let mut chunk = vec![0u8; 64 * 1024];
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(chunk.len() as u64) as usize;
-            if !self.fill(&mut chunk[..n], Some(name))? {
-                return Err(truncated(self.offset));
-            }
-            data.extend_from_slice(&chunk[..n]);
-            left -= n as u64;
+        let read = (&mut self.src).take(size).read_to_end(&mut data);
+        self.offset += data.len() as u64;
+        if let Err(source) = read {
+            return Err(ShardError::Read {
+                offset: self.offset,
+                source,
+            });
+        }
+        if (data.len() as u64) < size {
+            return Err(truncated(self.offset));
         }
         let pad = (BLOCK - (size % BLOCK as u64) as usize) % BLOCK;
-        if pad > 0 && !self.fill(&mut chunk[..pad], Some(name))? {
+        let mut padding = [0u8; BLOCK];
+        if pad > 0 && !self.fill(&mut padding[..pad], Some(name))? {
             return Err(truncated(self.offset));
         }
         Ok(data)
