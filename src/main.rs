@@ -19,7 +19,7 @@ fn main() -> std::process::ExitCode {
 /// glibc serves such sizes with `mmap` and returns them with `munmap`, so the kernel zeroes every
 /// page again for the next batch: 15–25% of the loader's CPU time, measured with `perf`. Keeping
 /// large blocks on the heap, and the heap's freed top untrimmed up to 1 GiB, lets the next batch
-/// reuse the same pages. Other allocators need nothing here.
+/// reuse the same pages. Only glibc is tuned; other C libraries keep their defaults.
 fn reuse_large_allocations() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes glibc's allocation policy; it runs before any thread starts.
