@@ -167,6 +167,7 @@ pub struct Loader {
     state: LoaderState,
     pipe: Option<Pipeline>,
     counters: Arc<Counters>,
+    crops: Arc<CropPool>,
 }
 
 impl Loader {
@@ -200,6 +201,7 @@ impl Loader {
             state,
             pipe: None,
             counters: Arc::new(Counters::default()),
+            crops: Arc::default(),
             cfg,
         };
         if loader.batches_per_epoch() == 0 {
@@ -340,6 +342,7 @@ impl Loader {
             ImageOutput::Normalized => f32s.reserve_exact(b * per_sample),
             ImageOutput::U8 => u8s.reserve_exact(b * per_sample),
         }
+        let mut crops = Vec::with_capacity(b);
         for item in items {
             keys.push(item.key);
             captions.push(item.caption);
@@ -349,7 +352,9 @@ impl Loader {
                 ImageOutput::Normalized => normalize_into(&item.rgb, &mut f32s),
                 ImageOutput::U8 => planar_into(&item.rgb, &mut u8s),
             }
+            crops.push(item.rgb);
         }
+        self.crops.give(crops);
         let dev = &self.cfg.device;
         let images = match self.cfg.output {
             ImageOutput::Normalized => Tensor::from_vec(f32s, (b, 3, s, s), dev)?,
@@ -399,6 +404,7 @@ impl Loader {
             tokenizer: cfg.tokenizer.clone(),
             counters: self.counters.clone(),
             hard_negatives: cfg.hard_negatives.clone().filter(|h| h.per_sample > 0),
+            crops: self.crops.clone(),
         });
         let window = (cfg.prefetch_batches.max(1) * cfg.batch_size).max(2 * cfg.threads.max(1));
         Pipeline::start(stream, self.state.position, window, cfg.threads.max(1), ctx)
@@ -551,6 +557,29 @@ struct WorkerCtx {
     tokenizer: Arc<TextTokenizer>,
     counters: Arc<Counters>,
     hard_negatives: Option<HardNegatives>,
+    crops: Arc<CropPool>,
+}
+
+/// Crop buffers the caller hands back once a batch holds their pixels, for workers to write the
+/// next crops into: no fresh zero-filled 150 KB allocation per sample, and no buffer allocated
+/// on a worker's heap arena and freed on the caller's thread (which locks that arena).
+#[derive(Default)]
+struct CropPool(Mutex<Vec<Vec<u8>>>);
+
+impl CropPool {
+    /// Buffers kept at most; any more are freed.
+    const MAX: usize = 64;
+
+    fn give(&self, buffers: Vec<Vec<u8>>) {
+        if let Ok(mut pool) = self.0.lock() {
+            let room = Self::MAX.saturating_sub(pool.len());
+            pool.extend(buffers.into_iter().take(room));
+        }
+    }
+
+    fn take(&self) -> Option<Vec<u8>> {
+        self.0.lock().ok()?.pop()
+    }
 }
 
 fn work(jobs: &Mutex<Receiver<Job>>, results: &Sender<Vec<Done>>, ctx: &WorkerCtx) {
@@ -615,6 +644,9 @@ fn process(
         })?;
     let mut rng = rng_for(&[ctx.seed, ctx.epoch, ctx.rank, seq, TAG_CROP]);
     let crop = t.crop_box(img.width, img.height, &mut rng);
+    if let Some(buffer) = ctx.crops.take() {
+        t.recycle(buffer);
+    }
     let rgb = c
         .time(Stage::Resize, || t.crop_resize(&img, crop))
         .map_err(|_| SkipReason::CorruptImage)?;

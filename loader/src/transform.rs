@@ -269,6 +269,8 @@ pub struct Transformer {
     resizer: Resizer,
     target: u32,
     mode: CropMode,
+    /// A finished crop's buffer, given back for the next crop to write into.
+    spare: Option<Vec<u8>>,
 }
 
 impl Transformer {
@@ -278,7 +280,14 @@ impl Transformer {
             resizer: Resizer::new(),
             target,
             mode,
+            spare: None,
         }
+    }
+
+    /// Gives back the buffer of an earlier [`Transformer::crop_resize`] result once its pixels
+    /// are copied out: the next crop writes into it instead of a fresh, zero-filled allocation.
+    pub fn recycle(&mut self, buffer: Vec<u8>) {
+        self.spare = Some(buffer);
     }
 
     /// The short side a decoder should keep (see [`decode_rgb`]).
@@ -313,7 +322,13 @@ impl Transformer {
         if self.mode == CropMode::Center {
             return self.resize_then_center(&src, img);
         }
-        let mut dst = Image::new(t, t, PixelType::U8x3);
+        let mut dst = match self.spare.take() {
+            Some(mut buffer) => {
+                buffer.resize(t as usize * t as usize * 3, 0);
+                Image::from_vec_u8(t, t, buffer, PixelType::U8x3).map_err(|e| err(&e))?
+            }
+            None => Image::new(t, t, PixelType::U8x3),
+        };
         let alg = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
         if b.clamp_to_box {
             let view = CroppedImage::new(
@@ -435,6 +450,26 @@ fn deinterleave_into<T>(rgb: &[u8], out: &mut Vec<T>, map: impl Fn(usize, u8) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn a_recycled_buffer_is_overwritten_whole() {
+        let (w, h) = (97u32, 61u32);
+        let pixels = (0..w * h * 3).map(|i| (i * 31 % 251) as u8).collect();
+        let img = Rgb {
+            width: w,
+            height: h,
+            pixels,
+        };
+        for mode in [CropMode::Rrc, CropMode::Clip] {
+            let mut fresh = Transformer::new(48, mode);
+            let b = fresh.crop_box(w, h, &mut rand_chacha::ChaCha8Rng::seed_from_u64(3));
+            let want = fresh.crop_resize(&img, b).unwrap();
+            let mut reused = Transformer::new(48, mode);
+            reused.recycle(vec![0xAB; 48 * 48 * 3 + 100]);
+            assert_eq!(reused.crop_resize(&img, b).unwrap(), want, "{mode:?}");
+        }
+    }
 
     #[test]
     fn planes_are_split_and_appended_alike_with_and_without_avx2() {
