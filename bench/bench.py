@@ -621,8 +621,20 @@ def main():
         tr = bench_train(args, args.wit, args.torch_python)
     table = render(args, dl, ld, hb, tr, (load_start, os.getloadavg()[0]))
     with open(args.out, "w") as f:
-        f.write(table)
+        f.write(table + kept_history(args.out))
     print(table)
+
+
+def kept_history(path):
+    """The hand-written history at the end of an earlier results file (from its first heading
+    starting `## How the ratio moved`), so a rerun replaces the table but keeps the record."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return ""
+    at = text.find("\n## How the ratio moved")
+    return "" if at < 0 else "\n" + text[at:].lstrip("\n")
 
 
 if __name__ == "__main__":
