@@ -285,7 +285,8 @@ impl Transformer {
     }
 
     /// Gives back the buffer of an earlier [`Transformer::crop_resize`] result once its pixels
-    /// are copied out: the next crop writes into it instead of a fresh, zero-filled allocation.
+    /// are copied out: the next crop, whatever its mode, is written into it instead of a fresh,
+    /// zero-filled allocation.
     pub fn recycle(&mut self, buffer: Vec<u8>) {
         self.spare = Some(buffer);
     }
@@ -314,7 +315,10 @@ impl Transformer {
             && img.width == t
             && img.height == t;
         if identity {
-            return Ok(img.pixels.clone());
+            let mut out = self.spare.take().unwrap_or_default();
+            out.clear();
+            out.extend_from_slice(&img.pixels);
+            return Ok(out);
         }
         let err = |e: &dyn std::fmt::Display| DecodeError::Corrupt(e.to_string());
         let src = ImageRef::new(img.width, img.height, &img.pixels, PixelType::U8x3)
@@ -322,13 +326,10 @@ impl Transformer {
         if self.mode == CropMode::Center {
             return self.resize_then_center(&src, img);
         }
-        let mut dst = match self.spare.take() {
-            Some(mut buffer) => {
-                buffer.resize(t as usize * t as usize * 3, 0);
-                Image::from_vec_u8(t, t, buffer, PixelType::U8x3).map_err(|e| err(&e))?
-            }
-            None => Image::new(t, t, PixelType::U8x3),
-        };
+        // A recycled buffer already has the length: every byte is overwritten, none zeroed.
+        let mut buffer = self.spare.take().unwrap_or_default();
+        buffer.resize(t as usize * t as usize * 3, 0);
+        let mut dst = Image::from_vec_u8(t, t, buffer, PixelType::U8x3).map_err(|e| err(&e))?;
         let alg = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
         if b.clamp_to_box {
             let view = CroppedImage::new(
@@ -369,7 +370,9 @@ impl Transformer {
         let off_x = ((nw - t) as f64 / 2.0).round() as usize;
         let off_y = ((nh - t) as f64 / 2.0).round() as usize;
         let (row, t) = (nw as usize * 3, t as usize);
-        let mut out = Vec::with_capacity(t * t * 3);
+        let mut out = self.spare.take().unwrap_or_default();
+        out.clear();
+        out.reserve(t * t * 3);
         for y in off_y..off_y + t {
             out.extend_from_slice(&resized[y * row + off_x * 3..y * row + (off_x + t) * 3]);
         }
@@ -395,37 +398,29 @@ impl Transformer {
 pub fn normalize_into(rgb: &[u8], out: &mut Vec<f32>) {
     let scale = CLIP_STD.map(|std| 1.0 / (255.0 * std));
     let offset = [0, 1, 2].map(|c| -CLIP_MEAN[c] / CLIP_STD[c]);
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { normalize_avx2(rgb, out, scale, offset) };
-    }
-    deinterleave_into(rgb, out, |c, v| f32::from(v) * scale[c] + offset[c]);
+    deinterleave(rgb, out, |c, v| f32::from(v) * scale[c] + offset[c]);
 }
 
 /// Interleaved RGB u8 → planar CHW u8, appended to `out` (the loader's u8 output).
 pub fn planar_into(rgb: &[u8], out: &mut Vec<u8>) {
+    deinterleave(rgb, out, |_, v| v);
+}
+
+/// [`deinterleave_into`], compiled for AVX2 where the CPU has it: the default x86-64 target has
+/// only SSE2, whose lack of byte shuffles keeps LLVM from vectorising the three-channel split.
+fn deinterleave<T>(rgb: &[u8], out: &mut Vec<T>, map: impl Fn(usize, u8) -> T) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { planar_avx2(rgb, out) };
+        return unsafe { deinterleave_avx2(rgb, out, map) };
     }
-    deinterleave_into(rgb, out, |_, v| v);
+    deinterleave_into(rgb, out, map);
 }
 
-/// [`normalize_into`] compiled for AVX2: the default x86-64 target has only SSE2, whose lack of
-/// byte shuffles keeps LLVM from vectorising the three-channel split.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn normalize_avx2(rgb: &[u8], out: &mut Vec<f32>, scale: [f32; 3], offset: [f32; 3]) {
-    deinterleave_into(rgb, out, |c, v| f32::from(v) * scale[c] + offset[c]);
-}
-
-/// [`planar_into`] compiled for AVX2 (see [`normalize_avx2`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn planar_avx2(rgb: &[u8], out: &mut Vec<u8>) {
-    deinterleave_into(rgb, out, |_, v| v);
+fn deinterleave_avx2<T>(rgb: &[u8], out: &mut Vec<T>, map: impl Fn(usize, u8) -> T) {
+    deinterleave_into(rgb, out, map);
 }
 
 /// Splits interleaved RGB into three planes, mapping each value by its channel, appended to
@@ -454,20 +449,23 @@ mod tests {
 
     #[test]
     fn a_recycled_buffer_is_overwritten_whole() {
-        let (w, h) = (97u32, 61u32);
-        let pixels = (0..w * h * 3).map(|i| (i * 31 % 251) as u8).collect();
-        let img = Rgb {
-            width: w,
-            height: h,
-            pixels,
-        };
-        for mode in [CropMode::Rrc, CropMode::Clip] {
-            let mut fresh = Transformer::new(48, mode);
-            let b = fresh.crop_box(w, h, &mut rand_chacha::ChaCha8Rng::seed_from_u64(3));
-            let want = fresh.crop_resize(&img, b).unwrap();
-            let mut reused = Transformer::new(48, mode);
-            reused.recycle(vec![0xAB; 48 * 48 * 3 + 100]);
-            assert_eq!(reused.crop_resize(&img, b).unwrap(), want, "{mode:?}");
+        // 48×48 under a center crop to 48 takes the unresized path.
+        for (w, h) in [(97u32, 61u32), (48, 48)] {
+            let pixels = (0..w * h * 3).map(|i| (i * 31 % 251) as u8).collect();
+            let img = Rgb {
+                width: w,
+                height: h,
+                pixels,
+            };
+            for mode in [CropMode::Rrc, CropMode::Clip, CropMode::Center] {
+                let mut fresh = Transformer::new(48, mode);
+                let b = fresh.crop_box(w, h, &mut rand_chacha::ChaCha8Rng::seed_from_u64(3));
+                let want = fresh.crop_resize(&img, b).unwrap();
+                let mut reused = Transformer::new(48, mode);
+                reused.recycle(vec![0xAB; 48 * 48 * 3 + 100]);
+                let got = reused.crop_resize(&img, b).unwrap();
+                assert_eq!(got, want, "{w}x{h} {mode:?}");
+            }
         }
     }
 
