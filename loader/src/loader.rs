@@ -8,7 +8,7 @@ use crate::order::{rng_for, OrderParams, TAG_CROP, TAG_NEGATIVES};
 use crate::source::{resolve_shards, DefaultSource, ShardSource};
 use crate::stats::{Counters, LoaderStats, SkipReason, Stage};
 use crate::transform::{
-    decode_rgb, normalize_into, planar_into, CropMode, DecodeError, ImageOutput, Transformer,
+    normalize_into, planar_into, CropMode, DecodeError, ImageOutput, Transformer,
 };
 use crate::{LoaderError, TextTokenizer};
 use candle_core::{Device, Tensor};
@@ -635,9 +635,7 @@ fn process(
     let caption = sample.caption().ok_or(SkipReason::NoCaption)?;
     let c = &ctx.counters;
     let img = c
-        .time(Stage::Decode, || {
-            decode_rgb(bytes, t.min_decode_short_side())
-        })
+        .time(Stage::Decode, || t.decode(bytes))
         .map_err(|e| match e {
             DecodeError::TooLarge => SkipReason::TooLarge,
             DecodeError::Corrupt(_) => SkipReason::CorruptImage,
@@ -650,6 +648,7 @@ fn process(
     let rgb = c
         .time(Stage::Resize, || t.crop_resize(&img, crop))
         .map_err(|_| SkipReason::CorruptImage)?;
+    t.recycle_decoded(img);
     let (tokens, negatives) = c
         .time(Stage::Tokenize, || {
             let negatives = match &ctx.hard_negatives {

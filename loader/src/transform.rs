@@ -16,6 +16,9 @@ pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 /// Pillow's default decompression-bomb limit: refuse larger images before decoding them.
 const MAX_PIXELS: u64 = 89_478_485;
 
+/// The largest decode buffer a [`Transformer`] keeps for the next image (a 2,048² RGB photo).
+const MAX_KEPT_DECODE: usize = 2048 * 2048 * 3;
+
 /// How a training (or eval) square is cut from an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum CropMode {
@@ -172,13 +175,19 @@ pub struct Rgb {
     pub pixels: Vec<u8>,
 }
 
-/// Decodes `bytes` to RGB. A JPEG whose short side is at least eight times `min_short` is decoded
-/// at 1/8 scale in the DCT domain. Not at 1/2 or 1/4: there jpeg-decoder (the one Rust decoder
-/// that scales, on three threads of its own) took 1.5–2.2× the CPU seconds of zune-jpeg's full
-/// decode.
+/// Decodes `bytes` to RGB. JPEGs go to zune-jpeg, which converts grey, CMYK and YCCK to RGB
+/// itself, and one whose short side is at least eight times `min_short` is decoded at 1/8 scale
+/// in the DCT domain. Not at 1/2 or 1/4: there jpeg-decoder (the one Rust decoder that scales,
+/// on three threads of its own) took 1.5–2.2× the CPU seconds of zune-jpeg's full decode.
 pub fn decode_rgb(bytes: &[u8], min_short: u32) -> Result<Rgb, DecodeError> {
+    decode_rgb_into(bytes, min_short, Vec::new())
+}
+
+/// [`decode_rgb`], writing a JPEG's pixels into `buffer` (an earlier image's, whatever its
+/// length: bytes it already has are overwritten, not zeroed first).
+fn decode_rgb_into(bytes: &[u8], min_short: u32, buffer: Vec<u8>) -> Result<Rgb, DecodeError> {
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        if let Some(rgb) = decode_jpeg_scaled(bytes, min_short)? {
+        if let Some(rgb) = decode_jpeg(bytes, min_short, buffer)? {
             return Ok(rgb);
         }
     }
@@ -203,6 +212,58 @@ pub fn decode_rgb(bytes: &[u8], min_short: u32) -> Result<Rgb, DecodeError> {
     })
 }
 
+/// A JPEG decoded by zune-jpeg straight into `buffer`, with the settings the `image` crate uses
+/// (recoverable stream errors tolerated; [`MAX_PIXELS`] is the size cap), but without its copy
+/// of the input and its second header parse. `Ok(None)` for a colour layout zune-jpeg does not
+/// turn into RGB: the general decoder takes those.
+fn decode_jpeg(
+    bytes: &[u8],
+    min_short: u32,
+    mut buffer: Vec<u8>,
+) -> Result<Option<Rgb>, DecodeError> {
+    use zune_jpeg::zune_core::{
+        bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions,
+    };
+    let corrupt = |e: zune_jpeg::errors::DecodeErrors| DecodeError::Corrupt(e.to_string());
+    let options = DecoderOptions::default()
+        .set_strict_mode(false)
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    decoder.decode_headers().map_err(corrupt)?;
+    let no_header = || DecodeError::Corrupt("no JPEG header".into());
+    let (w, h) = decoder.dimensions().ok_or_else(no_header)?;
+    if w as u64 * h as u64 > MAX_PIXELS {
+        return Err(DecodeError::TooLarge);
+    }
+    let converts_to_rgb = matches!(
+        decoder.input_colorspace(),
+        Some(
+            ColorSpace::YCbCr
+                | ColorSpace::Luma
+                | ColorSpace::RGB
+                | ColorSpace::CMYK
+                | ColorSpace::YCCK
+        )
+    );
+    if !converts_to_rgb {
+        return Ok(None);
+    }
+    if (w.min(h) as u32).div_ceil(8) >= min_short.max(1) {
+        if let Some(rgb) = decode_jpeg_eighth(bytes)? {
+            return Ok(Some(rgb));
+        }
+    }
+    buffer.resize(decoder.output_buffer_size().ok_or_else(no_header)?, 0);
+    decoder.decode_into(&mut buffer).map_err(corrupt)?;
+    Ok(Some(Rgb {
+        width: w as u32,
+        height: h as u32,
+        pixels: buffer,
+    }))
+}
+
 /// Grey samples repeated into R, G and B.
 fn grey_to_rgb(grey: &[u8]) -> Vec<u8> {
     let mut out = vec![0u8; grey.len() * 3];
@@ -221,25 +282,17 @@ fn drop_alpha(rgba: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `Ok(None)` when scaling would not pay (the general decoder is faster at full size).
-fn decode_jpeg_scaled(bytes: &[u8], min_short: u32) -> Result<Option<Rgb>, DecodeError> {
+/// A JPEG decoded at 1/8 scale in the DCT domain by jpeg-decoder; `Ok(None)` for CMYK, which
+/// it does not convert.
+fn decode_jpeg_eighth(bytes: &[u8]) -> Result<Option<Rgb>, DecodeError> {
     let corrupt = |e: jpeg_decoder::Error| DecodeError::Corrupt(e.to_string());
     let mut dec = jpeg_decoder::Decoder::new(bytes);
     dec.read_info().map_err(corrupt)?;
     let info = dec
         .info()
         .ok_or(DecodeError::Corrupt("no JPEG header".into()))?;
-    let (w, h) = (info.width as u32, info.height as u32);
-    if w as u64 * h as u64 > MAX_PIXELS {
-        return Err(DecodeError::TooLarge);
-    }
-    let short = w.min(h);
-    let denom = 8;
-    if short.div_ceil(denom) < min_short.max(1) {
-        return Ok(None);
-    }
-    dec.scale(w.div_ceil(denom) as u16, h.div_ceil(denom) as u16)
-        .map_err(corrupt)?;
+    let (w, h) = (info.width, info.height);
+    dec.scale(w.div_ceil(8), h.div_ceil(8)).map_err(corrupt)?;
     let data = dec.decode().map_err(corrupt)?;
     let info = dec
         .info()
@@ -271,6 +324,8 @@ pub struct Transformer {
     mode: CropMode,
     /// A finished crop's buffer, given back for the next crop to write into.
     spare: Option<Vec<u8>>,
+    /// A cropped image's pixels, given back for the next JPEG to decode into.
+    decoded: Vec<u8>,
 }
 
 impl Transformer {
@@ -281,6 +336,22 @@ impl Transformer {
             target,
             mode,
             spare: None,
+            decoded: Vec::new(),
+        }
+    }
+
+    /// Decodes `bytes` ([`decode_rgb`]) into the buffer of the image last given back with
+    /// [`Transformer::recycle_decoded`]: no fresh, zero-filled allocation per sample.
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<Rgb, DecodeError> {
+        let buffer = std::mem::take(&mut self.decoded);
+        decode_rgb_into(bytes, self.min_decode_short_side(), buffer)
+    }
+
+    /// Gives back a decoded image once its crop is cut. A buffer over [`MAX_KEPT_DECODE`] bytes
+    /// is freed instead, so one huge image does not pin its memory in every worker.
+    pub fn recycle_decoded(&mut self, img: Rgb) {
+        if img.pixels.capacity() <= MAX_KEPT_DECODE {
+            self.decoded = img.pixels;
         }
     }
 

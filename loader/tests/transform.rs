@@ -6,7 +6,7 @@ use common::{config, jpeg, photo, png, python, write_tar};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use wit_loader::transform::{
-    center_box, clip_box, decode_rgb, normalize_into, rrc_box, Transformer,
+    center_box, clip_box, decode_rgb, normalize_into, rrc_box, Rgb, Transformer,
 };
 use wit_loader::{CropMode, Loader};
 
@@ -242,5 +242,42 @@ fn dct_scaled_jpeg_decode_keeps_enough_pixels() {
     for min_short in [151, 256, 1200] {
         let full = decode_rgb(&bytes, min_short).unwrap();
         assert_eq!((full.width, full.height), (1600, 1200), "{min_short}");
+    }
+}
+
+#[test]
+fn jpegs_of_every_colour_layout_decode_as_the_general_decoder_does() {
+    let (w, h) = (97, 61);
+    let mut grey = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut grey, 90)
+        .encode_image(&image::DynamicImage::ImageRgb8(photo(w, h, 5)).to_luma8())
+        .unwrap();
+    let mut cmyk = Vec::new();
+    let inks: Vec<u8> = photo(w, h, 6)
+        .pixels()
+        .flat_map(|p| [p[0], p[1], p[2], 255 - p[0] / 2])
+        .collect();
+    jpeg_encoder::Encoder::new(&mut cmyk, 90)
+        .encode(&inks, w as u16, h as u16, jpeg_encoder::ColorType::Cmyk)
+        .unwrap();
+    // A short side this large keeps every decode at full size (no 1/8 DCT scaling).
+    let full_size = 10_000;
+    for (name, bytes) in [("rgb", jpeg(w, h, 4)), ("grey", grey), ("cmyk", cmyk)] {
+        let want = image::load_from_memory(&bytes).unwrap().into_rgb8();
+        let got = decode_rgb(&bytes, full_size).unwrap();
+        assert_eq!((got.width, got.height), want.dimensions(), "{name}");
+        assert_eq!(got.pixels, want.as_raw()[..], "{name}");
+        // The next image decodes into the previous one's buffer: longer and full of garbage.
+        let mut t = Transformer::new(48, CropMode::Rrc);
+        t.recycle_decoded(Rgb {
+            width: 1,
+            height: 1,
+            pixels: vec![0xAB; (w * h * 3 + 500) as usize],
+        });
+        assert_eq!(
+            t.decode(&bytes).unwrap().pixels,
+            got.pixels,
+            "{name} reused"
+        );
     }
 }
