@@ -10,18 +10,36 @@ use std::path::Path;
 use webimagetext::testweb::scene::{caption, render, Scene};
 
 /// Renders `n` random scenes as PNG + caption files, then packs them with Python's tarfile into a
-/// WebDataset shard (members sorted by key, as webdataset writes them).
-fn write_shard(dir: &Path, name: &str, n: usize, seed: u64) {
+/// WebDataset shard (members sorted by key, as webdataset writes them). With `restyled`, every
+/// third sample is the scene before it again, rendered anew, its caption capitalised and ended
+/// with a period (as the test web's pages write some alts). Returns the captions written.
+fn write_shard(dir: &Path, name: &str, n: usize, seed: u64, restyled: bool) -> Vec<String> {
     let staging = dir.join(format!("{name}.d"));
     std::fs::create_dir_all(&staging).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut captions: Vec<String> = Vec::new();
+    let mut previous = None;
     for i in 0..n {
-        let scene = Scene::random(&mut rng, i % 2 == 0);
+        let (scene, text) = match previous {
+            Some(scene) if restyled && i % 3 == 2 => {
+                let text = caption(&scene);
+                (
+                    scene,
+                    format!("{}{}.", text[..1].to_uppercase(), &text[1..]),
+                )
+            }
+            _ => {
+                let scene = Scene::random(&mut rng, i % 2 == 0);
+                (scene, caption(&scene))
+            }
+        };
+        previous = Some(scene);
         let key = format!("{:09}", seed * 10_000 + i as u64);
         render(&scene, 96, 96, seed + i as u64)
             .save(staging.join(format!("{key}.png")))
             .unwrap();
-        std::fs::write(staging.join(format!("{key}.txt")), caption(&scene)).unwrap();
+        std::fs::write(staging.join(format!("{key}.txt")), &text).unwrap();
+        captions.push(text);
     }
     let script = "import os, sys, tarfile\nsrc, out = sys.argv[1], sys.argv[2]\nwith tarfile.open(out, 'w') as t:\n    for f in sorted(os.listdir(src)):\n        t.add(os.path.join(src, f), arcname=f)\n";
     python(
@@ -31,14 +49,22 @@ fn write_shard(dir: &Path, name: &str, n: usize, seed: u64) {
             dir.join(format!("{name}.tar")).to_str().unwrap(),
         ],
     );
+    captions
 }
 
 #[test]
 fn train_writes_a_hugging_face_checkpoint_and_eval_reports_the_documented_json() {
     let tmp = scratch();
     let data = tmp.path();
-    write_shard(data, "train-0", 48, 1);
-    write_shard(data, "eval-0", 24, 2);
+    write_shard(data, "train-0", 48, 1, false);
+    let eval_captions = write_shard(data, "eval-0", 24, 2, true);
+    // A restyled caption is the same caption: pairs are counted by lowercased text, final
+    // period dropped.
+    let distinct: std::collections::HashSet<String> = eval_captions
+        .iter()
+        .map(|c| c.trim_end_matches('.').to_lowercase())
+        .collect();
+    assert!(distinct.len() < eval_captions.len());
     let out = data.join("run");
     let shard = data.join("train-0.tar");
     wit_ok(&[
@@ -118,8 +144,11 @@ fn train_writes_a_hugging_face_checkpoint_and_eval_reports_the_documented_json()
         "circle,square,triangle,star,cross",
     ]);
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let n = report["n"].as_u64().unwrap();
-    assert!(n > 10 && n <= 24, "{report}");
+    assert_eq!(
+        report["n"].as_u64(),
+        Some(distinct.len() as u64),
+        "{report}"
+    );
     for dir in ["image_to_text", "text_to_image"] {
         for k in ["r1", "r5", "r10"] {
             let r = report[dir][k].as_f64().unwrap();

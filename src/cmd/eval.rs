@@ -1,5 +1,5 @@
 //! `wit eval`: scores a `wit train` checkpoint on held-out shards — image↔text Recall@1/5/10 over
-//! pairs with distinct captions, zero-shot accuracy from a label list and prompt templates, and,
+//! pairs with distinct captions (by their words: case, punctuation and spacing aside), zero-shot accuracy from a label list and prompt templates, and,
 //! where captions follow the test web's grammar, minimal-edit accuracy per attribute: how often the
 //! image scores its true caption above a caption that differs in exactly one attribute.
 
@@ -29,7 +29,8 @@ pub struct Args {
     /// Tokenizer (default: the checkpoint's tokenizer.json).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// At most this many pairs (the first ones with distinct captions, in shard order).
+    /// At most this many pairs (the first ones with distinct captions, in shard order; captions
+    /// that differ only in case, punctuation or spacing count as one).
     #[arg(long, default_value_t = 1000)]
     pub max_pairs: usize,
     /// Zero-shot classes, comma-separated; an image's true class is the one label its caption
@@ -54,7 +55,8 @@ struct Pairs {
     captions: Vec<String>,
 }
 
-/// Embeds the first `max` pairs with distinct captions, batch by batch (memory ∝ embeddings only).
+/// Embeds the first `max` pairs with distinct captions ([`caption_key`]), batch by batch (memory
+/// ∝ embeddings only).
 fn embed_pairs(
     args: &Args,
     model: &ClipModel,
@@ -73,7 +75,7 @@ fn embed_pairs(
     while captions.len() < args.max_pairs {
         let Some(b) = loader.next_batch()? else { break };
         let keep: Vec<u32> = (0..b.captions.len() as u32)
-            .filter(|&i| seen.insert(b.captions[i as usize].clone()))
+            .filter(|&i| seen.insert(caption_key(&b.captions[i as usize])))
             .take(args.max_pairs - captions.len())
             .collect();
         if keep.is_empty() {
@@ -102,6 +104,18 @@ fn embed_pairs(
         texts: Tensor::cat(&txts, 0)?,
         captions,
     })
+}
+
+/// What makes two captions the same for retrieval: their words, lowercased. "A red star." and
+/// "a red star" describe one picture; kept as two pairs, each image would match both captions
+/// equally and Recall@1 would count a coin toss against the model.
+fn caption_key(caption: &str) -> String {
+    let lower = caption.to_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.join(" ")
 }
 
 /// Tokenises captions into a `(N, 77)` tensor.
