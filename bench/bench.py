@@ -620,8 +620,9 @@ def main():
         print("trainer benchmark", flush=True)
         tr = bench_train(args, args.wit, args.torch_python)
     table = render(args, dl, ld, hb, tr, (load_start, os.getloadavg()[0]))
+    history = kept_history(args.out)
     with open(args.out, "w") as f:
-        f.write(table + kept_history(args.out))
+        f.write(table + history)
     print(table)
 
 

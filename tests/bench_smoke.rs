@@ -144,11 +144,22 @@ fn run_quick_bench(repo: &Path) -> String {
 fn quick_bench_writes_a_complete_table() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let results = repo.join("bench/.work/RESULTS.quick.md");
-    let _ = std::fs::remove_file(&results);
+    // An earlier results file: its table must be replaced, its hand-written history kept.
+    let history = format!(
+        "## How the ratio moved\n\nwritten by hand before run {}\n",
+        std::process::id()
+    );
+    std::fs::create_dir_all(results.parent().unwrap()).unwrap();
+    std::fs::write(&results, format!("| stale table |\n\n{history}")).unwrap();
     let out = run_quick_bench(repo);
     let md = std::fs::read_to_string(&results)
         .unwrap_or_else(|e| panic!("no {} ({e}) after the run:\n{out}", results.display()));
     assert!(md.starts_with("# wit benchmark results"), "{md}");
+    assert!(!md.contains("stale table"), "{md}");
+    assert!(
+        md.ends_with(&history),
+        "the history section was not kept:\n{md}"
+    );
     for (heading, label, tools) in EXPECTED {
         let rows = section_rows(&md, heading);
         for tool in tools {
