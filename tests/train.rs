@@ -142,6 +142,8 @@ fn train_writes_a_hugging_face_checkpoint_and_eval_reports_the_documented_json()
         json.to_str().unwrap(),
         "--labels",
         "circle,square,triangle,star,cross",
+        "--misses",
+        "1000",
     ]);
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(
@@ -149,6 +151,18 @@ fn train_writes_a_hugging_face_checkpoint_and_eval_reports_the_documented_json()
         Some(distinct.len() as u64),
         "{report}"
     );
+    // Three training steps leave most captions missing their image: each listed once, with
+    // another pair's caption.
+    let misses = report["text_to_image_misses"].as_array().unwrap();
+    let r1 = report["text_to_image"]["r1"].as_f64().unwrap();
+    let n = distinct.len() as f64;
+    assert_eq!(misses.len() as f64, (n - r1 * n).round(), "{report}");
+    for m in misses {
+        assert_ne!(m["caption"], m["retrieved"], "{m}");
+        assert!(eval_captions
+            .iter()
+            .any(|c| Some(c.as_str()) == m["retrieved"].as_str()));
+    }
     for dir in ["image_to_text", "text_to_image"] {
         for k in ["r1", "r5", "r10"] {
             let r = report[dir][k].as_f64().unwrap();

@@ -135,6 +135,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &dir("shards/heldout"),
         "--json",
         &dir("eval.json"),
+        "--misses",
+        "10",
     ])?;
     drop(web);
     println!(

@@ -46,6 +46,11 @@ pub struct Args {
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Also list up to this many text→image misses, worst first: each caption whose own image
+    /// did not rank first, with the caption of the image that did (`text_to_image_misses` in
+    /// the JSON). Shows what a recall number hides: which captions fail, and against what.
+    #[arg(long, default_value_t = 0)]
+    pub misses: usize,
 }
 
 /// The held-out pairs' embeddings and captions.
@@ -211,10 +216,29 @@ fn zero_shot(
     ))
 }
 
+/// The first `args.misses` text→image misses as `{caption, retrieved}` objects (None: not asked).
+fn misses(args: &Args, pairs: &Pairs) -> anyhow::Result<Option<serde_json::Value>> {
+    if args.misses == 0 {
+        return Ok(None);
+    }
+    let list = wit_trainer::text_to_image_misses(&pairs.images, &pairs.texts)?
+        .into_iter()
+        .take(args.misses)
+        .map(|m| {
+            serde_json::json!({
+                "caption": pairs.captions[m.query],
+                "retrieved": pairs.captions[m.retrieved],
+            })
+        })
+        .collect();
+    Ok(Some(serde_json::Value::Array(list)))
+}
+
 fn report(
     r: &Retrieval,
     edits: &BTreeMap<String, f64>,
     zs: &Option<serde_json::Value>,
+    misses: Option<serde_json::Value>,
 ) -> serde_json::Value {
     let mut v = serde_json::json!({
         "n": r.n,
@@ -224,6 +248,9 @@ fn report(
     });
     if let Some(z) = zs {
         v["zero_shot"] = z.clone();
+    }
+    if let Some(m) = misses {
+        v["text_to_image_misses"] = m;
     }
     v
 }
@@ -243,7 +270,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let retrieval = wit_trainer::retrieval(&pairs.images, &pairs.texts)?;
     let edits = minimal_edit(&pairs, &model, &tok, &device)?;
     let zs = zero_shot(&args, &pairs, &model, &tok, &device)?;
-    let json = report(&retrieval, &edits, &zs);
+    let json = report(&retrieval, &edits, &zs, misses(&args, &pairs)?);
     println!("{}", serde_json::to_string_pretty(&json)?);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&json)?)

@@ -69,6 +69,44 @@ pub fn retrieval(image_emb: &Tensor, text_emb: &Tensor) -> Result<Retrieval, Tra
     })
 }
 
+/// A text→image query that missed: caption `query`'s own image did not rank first, image
+/// `retrieved` (another pair's) scored highest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Miss {
+    /// The query's pair index.
+    pub query: usize,
+    /// The pair index of the best-scoring other image.
+    pub retrieved: usize,
+}
+
+/// Every text→image query whose true image does not rank first (ties count as misses, as in
+/// [`retrieval`]), with the image that outscored or tied it; worst first (the largest margin
+/// by which the retrieved image beat the true one). What a recall number hides: which captions
+/// fail, and against what.
+pub fn text_to_image_misses(
+    image_emb: &Tensor,
+    text_emb: &Tensor,
+) -> Result<Vec<Miss>, TrainError> {
+    let sim = similarity(image_emb, text_emb)?;
+    let mut misses: Vec<(f64, Miss)> = (0..sim.len())
+        .filter_map(|j| {
+            let (retrieved, best) = (0..sim.len())
+                .filter(|&i| i != j)
+                .map(|i| (i, sim[i][j]))
+                .max_by(|a, b| a.1.total_cmp(&b.1))?;
+            (best >= sim[j][j]).then_some((
+                best - sim[j][j],
+                Miss {
+                    query: j,
+                    retrieved,
+                },
+            ))
+        })
+        .collect();
+    misses.sort_by(|a, b| b.0.total_cmp(&a.0));
+    Ok(misses.into_iter().map(|(_, m)| m).collect())
+}
+
 /// One embedding per class: the mean of the class's prompt embeddings (`templates` with `{}` replaced
 /// by the label), renormalised — CLIP's prompt ensembling. `tokenize` turns captions into `(N, L)` ids.
 pub fn class_embeddings<T>(
@@ -138,6 +176,39 @@ mod tests {
         assert_eq!(r.image_to_text.r5, 1.0);
         // Text 2's best image is image 2 (0.6 vs 0): all three texts retrieve their image.
         assert_eq!(r.text_to_image.r1, 1.0);
+    }
+
+    #[test]
+    fn misses_are_the_text_queries_outside_recall_at_1_worst_first() {
+        // Text 0 is closest to image 2 (by 0.3), text 1 ties images 1 and 0, text 2 is a hit.
+        let img = Tensor::new(
+            &[[1f32, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let txt = Tensor::new(
+            &[[0.5f32, 0.0, 0.8], [0.6, 0.6, 0.0], [0.0, 0.0, 1.0]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let misses = text_to_image_misses(&img, &txt).unwrap();
+        let want = [
+            Miss {
+                query: 0,
+                retrieved: 2,
+            },
+            Miss {
+                query: 1,
+                retrieved: 0,
+            },
+        ];
+        assert_eq!(misses, want);
+        let r = retrieval(&img, &txt).unwrap();
+        assert_eq!(
+            misses.len() as f64,
+            (1.0 - r.text_to_image.r1) * 3.0,
+            "a miss for every query outside R@1"
+        );
     }
 
     #[test]

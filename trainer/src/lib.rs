@@ -15,7 +15,7 @@ pub mod train;
 pub use candle_core as candle;
 pub use checkpoint::{export, load_model};
 pub use config::{ClipConfig, PosEmbedInit, TextConfig, VisionConfig};
-pub use eval::{retrieval, zero_shot_accuracy, Recall, Retrieval};
+pub use eval::{retrieval, text_to_image_misses, zero_shot_accuracy, Miss, Recall, Retrieval};
 pub use model::{clip_loss, ClipModel};
 pub use optim::{AdamW, AdamWConfig};
 pub use train::{embed, train, Gradients, MicroBatch, StepStats, TrainConfig, Trainer};
