@@ -1,7 +1,8 @@
 //! `wit eval`: scores a `wit train` checkpoint on held-out shards — image↔text Recall@1/5/10 over
-//! pairs with distinct captions (by their words: case, punctuation and spacing aside), zero-shot accuracy from a label list and prompt templates, and,
-//! where captions follow the test web's grammar, minimal-edit accuracy per attribute: how often the
-//! image scores its true caption above a caption that differs in exactly one attribute.
+//! pairs with distinct captions (by their words: case, punctuation and spacing aside), the misses
+//! behind it, zero-shot accuracy from a label list and prompt templates, and, where captions
+//! follow the test web's grammar, minimal-edit accuracy per attribute: how often the image scores
+//! its true caption above a caption that differs in exactly one attribute.
 
 use anyhow::{bail, Context};
 use std::collections::{BTreeMap, HashSet};
