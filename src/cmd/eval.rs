@@ -186,11 +186,7 @@ fn zero_shot(
     if args.labels.is_empty() {
         return Ok(None);
     }
-    let mentions = |c: &str, l: &str| {
-        c.to_lowercase()
-            .split(|ch: char| !ch.is_alphanumeric())
-            .any(|w| w == l.to_lowercase())
-    };
+    let mentions = |c: &str, l: &str| caption_key(c).split(' ').any(|w| w == l.to_lowercase());
     let (rows, truth): (Vec<u32>, Vec<usize>) = pairs
         .captions
         .iter()

@@ -54,14 +54,17 @@ fn similarity(a: &Tensor, b: &Tensor) -> Result<Vec<Vec<f64>>, TrainError> {
         .to_vec2::<f64>()?)
 }
 
+/// Every image's score for caption `j`: column `j` of an image × text similarity matrix.
+fn column(sim: &[Vec<f64>], j: usize) -> Vec<f64> {
+    sim.iter().map(|row| row[j]).collect()
+}
+
 /// Recall@1/5/10 both ways for row-matched image and text embeddings `(N, D)` (pair i is row i of each).
 pub fn retrieval(image_emb: &Tensor, text_emb: &Tensor) -> Result<Retrieval, TrainError> {
     let sim = similarity(image_emb, text_emb)?;
     let n = sim.len();
     let i2t: Vec<usize> = (0..n).map(|i| rank_of(&sim[i], i)).collect();
-    let t2i: Vec<usize> = (0..n)
-        .map(|j| rank_of(&sim.iter().map(|row| row[j]).collect::<Vec<_>>(), j))
-        .collect();
+    let t2i: Vec<usize> = (0..n).map(|j| rank_of(&column(&sim, j), j)).collect();
     Ok(Retrieval {
         n,
         image_to_text: recall(&i2t),
@@ -90,17 +93,18 @@ pub fn text_to_image_misses(
     let sim = similarity(image_emb, text_emb)?;
     let mut misses: Vec<(f64, Miss)> = (0..sim.len())
         .filter_map(|j| {
-            let (retrieved, best) = (0..sim.len())
+            let scores = column(&sim, j);
+            if rank_of(&scores, j) == 0 {
+                return None;
+            }
+            let retrieved = (0..scores.len())
                 .filter(|&i| i != j)
-                .map(|i| (i, sim[i][j]))
-                .max_by(|a, b| a.1.total_cmp(&b.1))?;
-            (best >= sim[j][j]).then_some((
-                best - sim[j][j],
-                Miss {
-                    query: j,
-                    retrieved,
-                },
-            ))
+                .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))?;
+            let miss = Miss {
+                query: j,
+                retrieved,
+            };
+            Some((scores[retrieved] - scores[j], miss))
         })
         .collect();
     misses.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -150,6 +154,12 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    fn tensor(rows: &[[f32; 3]]) -> Tensor {
+        Tensor::new(rows.concat(), &Device::Cpu)
+            .and_then(|t| t.reshape((rows.len(), 3)))
+            .unwrap()
+    }
+
     #[test]
     fn ties_rank_the_true_candidate_last() {
         assert_eq!(rank_of(&[0.5, 0.5, 0.1], 0), 1);
@@ -160,16 +170,8 @@ mod tests {
     #[test]
     fn retrieval_counts_recall_at_k_both_ways() {
         // 3 pairs: pair 0 and 1 are perfectly matched; image 2 is closest to text 0.
-        let img = Tensor::new(
-            &[[1f32, 0.0, 0.0], [0.0, 1.0, 0.0], [0.8, 0.0, 0.6]],
-            &Device::Cpu,
-        )
-        .unwrap();
-        let txt = Tensor::new(
-            &[[1f32, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
-            &Device::Cpu,
-        )
-        .unwrap();
+        let img = tensor(&[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.8, 0.0, 0.6]]);
+        let txt = tensor(&[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]);
         let r = retrieval(&img, &txt).unwrap();
         assert_eq!(r.n, 3);
         assert!((r.image_to_text.r1 - 2.0 / 3.0).abs() < 1e-12);
@@ -181,16 +183,8 @@ mod tests {
     #[test]
     fn misses_are_the_text_queries_outside_recall_at_1_worst_first() {
         // Text 0 is closest to image 2 (by 0.3), text 1 ties images 1 and 0, text 2 is a hit.
-        let img = Tensor::new(
-            &[[1f32, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
-            &Device::Cpu,
-        )
-        .unwrap();
-        let txt = Tensor::new(
-            &[[0.5f32, 0.0, 0.8], [0.6, 0.6, 0.0], [0.0, 0.0, 1.0]],
-            &Device::Cpu,
-        )
-        .unwrap();
+        let img = tensor(&[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]);
+        let txt = tensor(&[[0.5, 0.0, 0.8], [0.6, 0.6, 0.0], [0.0, 0.0, 1.0]]);
         let misses = text_to_image_misses(&img, &txt).unwrap();
         let want = [
             Miss {
