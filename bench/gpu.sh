@@ -5,13 +5,16 @@
 #
 # WIT_BINARY is `wit` built with `--features cuda` (see README, "CUDA"); the machine needs the NVIDIA
 # driver and Python with torch + open_clip (`pip install open_clip_torch`). For ViT-B/32 at
-# batch 256 on synthetic pairs, bf16 autocast over f32 master weights for both, it alternates wit
-# and open_clip ROUNDS times (default 2). It reports samples/s and peak GPU memory: nvidia-smi's
+# batch 256 on synthetic pairs, bf16 autocast over f32 master weights for both, it alternates wit,
+# wit with its CUDA kernels off (`--no-cuda-kernels`: candle's plain-op graphs) and open_clip
+# ROUNDS times (default 2). It reports samples/s and peak GPU memory: nvidia-smi's
 # device-wide maximum above the idle reading, polled every 100 ms, so both tools are measured the
 # same way. With
 # DEMO_DIR (a finished `wit demo --dir DEMO_DIR`), it also trains the demo's tiny CLIP on CUDA
 # with the demo's recipe for 500, 2000 and 4000 steps and evaluates each on the held-out pairs.
 # Everything goes to OUT_DIR/gpu.log; the evaluations go to OUT_DIR/eval-<steps>.json.
+# With WIT_TESTS, a folder of the trainer's CUDA test binaries (`cargo test --release --features
+# cuda -p wit-trainer --no-run`), their CUDA tests run first.
 set -uo pipefail
 WIT=$(readlink -f "$1")
 OUT=$(readlink -f "$2")
@@ -39,10 +42,21 @@ with_peak() {
   return $rc
 }
 
+for test in ${WIT_TESTS:+"$WIT_TESTS"/*}; do
+  echo "== CUDA tests of $(basename "$test")"
+  "$test" cuda --nocapture 2>&1 | grep -v "gradient cosine 0.99" | tail -n 30
+done
+
+wit_bench() {
+  with_peak "$WIT" bench train --config vit-b-32 --device cuda --batch-size 256 \
+    --vocab-size 49408 --caption-tokens 16 --steps 30 --warmup-steps 3 "$@"
+}
+
 for round in $(seq "${ROUNDS:-2}"); do
   echo "== round $round: wit, ViT-B/32, batch 256"
-  with_peak "$WIT" bench train --config vit-b-32 --device cuda --batch-size 256 \
-    --vocab-size 49408 --caption-tokens 16 --steps 30 --warmup-steps 3
+  wit_bench
+  echo "== round $round: wit with --no-cuda-kernels, ViT-B/32, batch 256"
+  wit_bench --no-cuda-kernels
   echo "== round $round: open_clip, ViT-B-32, batch 256"
   with_peak "$PY" "$HERE/open_clip_step.py" --model ViT-B-32 --batch-size 256 \
     --caption-tokens 16 --steps 30 --warmup-steps 3

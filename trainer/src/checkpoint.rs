@@ -121,7 +121,7 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<ClipModel, TrainError> 
     let mut model = ClipModel::new(&cfg, 0, candle_core::DType::F32, device)?;
     model.load_tensors(&read_tensors(&dir.join(MODEL_FILE), device)?)?;
     if device.is_cuda() {
-        model.set_compute_dtype(candle_core::DType::BF16);
+        model.set_compute_dtype(candle_core::DType::BF16)?;
     }
     Ok(model)
 }

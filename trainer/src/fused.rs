@@ -6,8 +6,11 @@
 //! spelled out in plain ops take 5–12 passes over memory each way: GELU's backward alone is a dozen
 //! elementwise ops over the widest activation, and every graph node's gradient is a fresh zeroed
 //! buffer plus an add. Here each layer is one op forward and one backward, parallel over rows or
-//! heads. Other devices (CUDA) and dtypes (bf16) take the plain-op graphs, which compute the same
-//! function; tests check in f64 that both paths give the same values and the same gradients.
+//! heads. With the `cuda` feature, the same four ops run on CUDA (`crate::cuda`), in f32 or bf16:
+//! one graph node each, with cuBLAS for the products and wit's kernels for the rest.
+//! Other devices and dtypes take the plain-op graphs, which compute the same function; tests check
+//! in f64 that both paths give the same values and the same gradients, and on a GPU that the CUDA
+//! kernels agree with the CPU ones.
 
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout,
@@ -15,6 +18,7 @@ use candle_core::{
 };
 use num_traits::Float;
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Elements per parallel task: large enough that scheduling costs nothing next to the work.
 const TASK_ELEMS: usize = 1 << 14;
@@ -98,9 +102,27 @@ macro_rules! float_kernel {
     };
 }
 
-/// Whether a tensor takes the fused path: CPU storage in f32 or f64.
+/// Whether a tensor takes the fused CPU kernels: CPU storage in f32 or f64.
 fn fusable(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu) && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// Whether CUDA tensors take the CUDA kernels (on by default; see `use_cuda_kernels`).
+static CUDA_KERNELS: AtomicBool = AtomicBool::new(true);
+
+/// Switches the CUDA versions of GELU, LayerNorm, linear, attention and AdamW on or off
+/// process-wide, so a benchmark can time the plain-op graphs they replace on the same GPU in the
+/// same run.
+pub fn use_cuda_kernels(on: bool) {
+    CUDA_KERNELS.store(on, Ordering::Relaxed);
+}
+
+/// Whether a tensor takes the CUDA kernels: CUDA storage in f32 or bf16, kernels switched on.
+pub(crate) fn cuda_kernels(x: &Tensor) -> bool {
+    cfg!(feature = "cuda")
+        && x.device().is_cuda()
+        && matches!(x.dtype(), DType::F32 | DType::BF16)
+        && CUDA_KERNELS.load(Ordering::Relaxed)
 }
 
 /// The contiguous slice a layout describes; every caller hands in contiguous tensors.
@@ -122,7 +144,7 @@ fn unsupported(op: &str, s: &CpuStorage) -> candle_core::Error {
 
 /// `GELU(x) = x Φ(x)` with the exact normal CDF, as PyTorch's `nn.GELU()` and open_clip use.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    if fusable(x) {
+    if fusable(x) || cuda_kernels(x) {
         x.contiguous()?.apply_op1(Gelu)
     } else {
         x.gelu_erf()
@@ -168,6 +190,15 @@ impl CustomOp1 for Gelu {
         Ok((out, l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::gelu(s, l)
+    }
+
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &GeluGrad)?))
     }
@@ -194,11 +225,22 @@ impl CustomOp2 for GeluGrad {
         );
         Ok((out, l1.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::gelu_grad(s1, l1, s2, l2)
+    }
 }
 
 /// LayerNorm over the last dimension with gain `g` and bias `b`, normalised in at least f32.
 pub fn layer_norm(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
-    if fusable(x) {
+    if fusable(x) || cuda_kernels(x) {
         let (g, b) = (g.to_dtype(x.dtype())?, b.to_dtype(x.dtype())?);
         return x
             .contiguous()?
@@ -327,6 +369,19 @@ impl CustomOp3 for LayerNorm {
         Ok((out, l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::layer_norm((s1, l1), (s2, l2), (s3, l3), self.eps)
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -372,6 +427,19 @@ impl CustomOp3 for LayerNormGrad {
         );
         Ok((out, Shape::from((rows + 2, w))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::layer_norm_grad((s1, l1), (s2, l2), (s3, l3), self.eps)
+    }
 }
 
 /// Softmax from plain ops, for devices and dtypes the fused kernel does not take.
@@ -409,7 +477,7 @@ fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
 /// gradient buffers.
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (w, b) = (w.to_dtype(x.dtype())?, b.to_dtype(x.dtype())?);
-    if fusable(x) {
+    if fusable(x) || cuda_kernels(x) {
         return x
             .contiguous()?
             .apply_op3(&w.contiguous()?, &b.contiguous()?, Linear);
@@ -478,6 +546,19 @@ impl CustomOp3 for Linear {
         Ok((out, Shape::from((rows, outputs))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::linear((s1, l1), (s2, l2), (s3, l3))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -505,7 +586,7 @@ impl CustomOp3 for Linear {
 /// second core waits. The backward pass recomputes the probabilities (as flash attention does)
 /// instead of keeping `B·H·T²` of them alive.
 pub fn attention(qkv: &Tensor, causal: bool) -> Result<Tensor> {
-    if fusable(qkv) {
+    if fusable(qkv) || cuda_kernels(qkv) {
         return qkv.contiguous()?.apply_op1(Attention { causal });
     }
     let scale = (qkv.dim(D::Minus1)? as f64).powf(-0.5);
@@ -666,6 +747,15 @@ impl CustomOp1 for Attention {
         Ok((out, Shape::from(&l.dims()[1..])))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::attention(s, l, self.causal)
+    }
+
     fn bwd(&self, qkv: &Tensor, _out: &Tensor, d_out: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(qkv.apply_op2_no_bwd(
             &d_out.contiguous()?,
@@ -699,6 +789,17 @@ impl CustomOp2 for AttentionGrad {
             attention_bwd(slice(s1, l1)?, slice(s2, l2)?, dims, self.causal,)
         );
         Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::attention_grad((s1, l1), (s2, l2), self.causal)
     }
 }
 
@@ -882,6 +983,106 @@ mod tests {
             let single = f(&x32, &g, &b).unwrap().to_dtype(DType::F64).unwrap();
             let diff = max_abs_diff(&exact, &single);
             assert!(diff < tol, "{name}: f32 differs from f64 by {diff}");
+        }
+    }
+
+    /// On a GPU (feature `cuda`): each CUDA kernel against the CPU kernel in f64 on the same
+    /// random inputs, value and every input's gradient, by `‖cuda − cpu‖ / ‖cpu‖`, in f32 and
+    /// bf16. Without a GPU it says so and checks nothing.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_kernels_match_the_cpu_kernels_in_value_and_gradient() {
+        let Ok(gpu) = Device::new_cuda(0) else {
+            eprintln!("no CUDA device: the CUDA kernels were not checked");
+            return;
+        };
+        type Op = Box<dyn Fn(&[Tensor]) -> Result<Tensor>>;
+        let cases: Vec<(&str, Op, Vec<Tensor>)> = vec![
+            (
+                "gelu",
+                Box::new(|t| t[0].apply_op1(Gelu)),
+                vec![random(&[300, 70], 20, DType::F64)],
+            ),
+            (
+                "layer_norm",
+                Box::new(|t| t[0].apply_op3(&t[1], &t[2], LayerNorm { eps: 1e-5 })),
+                vec![
+                    random(&[1000, 96], 21, DType::F64),
+                    random(&[96], 22, DType::F64),
+                    random(&[96], 23, DType::F64),
+                ],
+            ),
+            (
+                "linear",
+                Box::new(|t| t[0].apply_op3(&t[1], &t[2], Linear)),
+                vec![
+                    random(&[300, 96], 24, DType::F64),
+                    random(&[80, 96], 25, DType::F64),
+                    random(&[80], 26, DType::F64),
+                ],
+            ),
+            (
+                "attention",
+                Box::new(|t| t[0].apply_op1(Attention { causal: false })),
+                vec![random(&[3, 4, 6, 50, 32], 27, DType::F64)],
+            ),
+            (
+                "causal attention",
+                Box::new(|t| t[0].apply_op1(Attention { causal: true })),
+                vec![random(&[3, 4, 6, 77, 32], 28, DType::F64)],
+            ),
+        ];
+        let relative = |a: &Tensor, b: &Tensor| {
+            let a = a
+                .to_device(&Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap();
+            let norm = |t: &Tensor| {
+                t.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+                    .sqrt()
+            };
+            norm(&(&a - b).unwrap()) / norm(b)
+        };
+        for (name, op, inputs) in &cases {
+            let (y_ref, g_ref) = value_and_grads(op, inputs);
+            for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 2e-2)] {
+                let on_gpu: Vec<Tensor> = inputs
+                    .iter()
+                    .map(|t| t.to_dtype(dtype).unwrap().to_device(&gpu).unwrap())
+                    .collect();
+                let vars: Vec<Var> = on_gpu
+                    .iter()
+                    .map(|t| Var::from_tensor(t).unwrap())
+                    .collect();
+                let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+                let y = op(&tensors).unwrap();
+                let weights = random(y.dims(), 99, DType::F64)
+                    .to_dtype(dtype)
+                    .unwrap()
+                    .to_device(&gpu)
+                    .unwrap();
+                let grads = (&y.to_dtype(DType::F32).unwrap()
+                    * weights.to_dtype(DType::F32).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+                let err = relative(&y, &y_ref);
+                eprintln!("{name} {dtype:?}: value off by {err:.2e}");
+                assert!(err < tol, "{name} {dtype:?}: value off by {err}");
+                for (i, (t, r)) in tensors.iter().zip(&g_ref).enumerate() {
+                    let err = relative(grads.get(t).unwrap(), r);
+                    eprintln!("{name} {dtype:?}: gradient {i} off by {err:.2e}");
+                    assert!(err < tol, "{name} {dtype:?}: gradient {i} off by {err}");
+                }
+            }
         }
     }
 }

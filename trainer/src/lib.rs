@@ -5,6 +5,8 @@
 
 pub mod checkpoint;
 pub mod config;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod eval;
 mod fused;
 pub mod model;
@@ -16,6 +18,7 @@ pub use candle_core as candle;
 pub use checkpoint::{export, load_model};
 pub use config::{ClipConfig, PosEmbedInit, TextConfig, VisionConfig};
 pub use eval::{retrieval, text_to_image_misses, zero_shot_accuracy, Miss, Recall, Retrieval};
+pub use fused::use_cuda_kernels;
 pub use model::{clip_loss, ClipModel};
 pub use optim::{AdamW, AdamWConfig};
 pub use train::{embed, train, Gradients, MicroBatch, StepStats, TrainConfig, Trainer};
@@ -57,11 +60,20 @@ pub fn parse_device(name: &str) -> Result<candle_core::Device, TrainError> {
                 TrainError::Config(format!("unknown device {name:?}; use cpu, cuda or cuda:N"))
             })?,
     };
-    candle_core::Device::new_cuda(gpu).map_err(|e| {
+    let device = candle_core::Device::new_cuda(gpu).map_err(|e| {
         TrainError::Config(format!(
             "cannot open {name} ({e}): build wit with `--features cuda` on a machine with a CUDA GPU, or use --device cpu"
         ))
-    })
+    })?;
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(gpu) = &device {
+        // SAFETY: candle runs every kernel and copy of a device on its one stream, so the
+        // per-tensor events cudarc records to order work across streams order nothing here.
+        // (Measured: no change on the plain-op path; kept because the kernel timings in
+        // bench/RESULTS-gpu.md were taken with it.)
+        unsafe { gpu.disable_event_tracking() };
+    }
+    Ok(device)
 }
 
 /// Keeps freed tensor memory in glibc's heap instead of returning it to the kernel.

@@ -67,10 +67,29 @@ struct ParamBuilder {
     vars: BTreeMap<String, Var>,
     dtype: DType,
     device: Device,
+    /// When rebuilding a model's layers over tensors it already has: each parameter's tensor by
+    /// name, taken instead of a new one.
+    reuse: Option<BTreeMap<String, Tensor>>,
 }
 
 impl ParamBuilder {
+    /// The tensor to reuse for `name`, when rebuilding.
+    fn reused(&self, name: &str) -> CResult<Option<Tensor>> {
+        let Some(reuse) = &self.reuse else {
+            return Ok(None);
+        };
+        match reuse.get(name) {
+            Some(t) => Ok(Some(t.clone())),
+            None => Err(candle_core::Error::Msg(format!(
+                "no tensor {name} to rebuild with"
+            ))),
+        }
+    }
+
     fn add(&mut self, name: &str, shape: &[usize], values: Vec<f64>) -> CResult<Tensor> {
+        if let Some(t) = self.reused(name)? {
+            return Ok(t);
+        }
         let t = Tensor::from_vec(values, shape, &Device::Cpu)?
             .to_dtype(self.dtype)?
             .to_device(&self.device)?;
@@ -81,6 +100,9 @@ impl ParamBuilder {
     }
 
     fn randn(&mut self, name: &str, shape: &[usize], std: f64) -> CResult<Tensor> {
+        if let Some(t) = self.reused(name)? {
+            return Ok(t);
+        }
         let n: usize = shape.iter().product();
         let values = (0..n).map(|_| std * self.normal()).collect();
         self.add(name, shape, values)
@@ -136,7 +158,7 @@ impl Linear {
         let x = x.reshape((rows, inner))?;
         let y = match &self.b {
             Some(b) => fused::linear(&x, &self.w, b)?,
-            None => x.matmul(&cast(&self.w, x.dtype())?.t()?)?,
+            None => x.matmul(&self.w.t()?)?,
         };
         let mut out = dims;
         let last = out.len() - 1;
@@ -334,12 +356,13 @@ impl VisionTower {
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
             .reshape((b, g * g, 3 * p * p))?;
-        let w = cast(&self.patch, dtype)?.reshape((width, 3 * p * p))?;
+        let w = self.patch.reshape((width, 3 * p * p))?;
         let x = Linear { w, b: None }.forward(&x)?;
-        let cls = cast(&self.class, dtype)?
+        let cls = self
+            .class
             .reshape((1, 1, width))?
             .broadcast_as((b, 1, width))?;
-        let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&cast(&self.pos, dtype)?)?;
+        let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.pos)?;
         let mut x = self.ln_pre.forward(&x)?;
         for block in &self.blocks {
             x = block.forward(&x, false)?;
@@ -408,7 +431,7 @@ impl TextTower {
             .collect()
     }
 
-    fn forward(&self, tokens: &Tensor, dtype: DType) -> CResult<Tensor> {
+    fn forward(&self, tokens: &Tensor) -> CResult<Tensor> {
         let (b, len) = tokens.dims2()?;
         let tokens = tokens
             .narrow(1, 0, len.min(self.context))?
@@ -420,10 +443,11 @@ impl TextTower {
         let tokens = tokens.narrow(1, 0, t)?;
         let device = tokens.device();
         let width = self.token.dim(1)?;
-        let x = cast(&self.token, dtype)?
+        let x = self
+            .token
             .index_select(&tokens.flatten_all()?, 0)?
             .reshape((b, t, width))?
-            .broadcast_add(&cast(&self.pos.narrow(0, 0, t)?, dtype)?)?;
+            .broadcast_add(&self.pos.narrow(0, 0, t)?)?;
         let mut x = x;
         for block in &self.blocks {
             x = block.forward(&x, true)?;
@@ -446,11 +470,14 @@ pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
     x.broadcast_div(&norm)
 }
 
-/// A trainable CLIP. Parameters are f32 (or f64 for reference checks) master `Var`s; the forward pass
-/// casts them to `compute_dtype` (bf16 on CUDA), so gradients land on the master weights.
+/// A trainable CLIP. Parameters are f32 (or f64 for reference checks) master `Var`s. With another
+/// compute dtype (bf16 on CUDA) the layers read a copy of each in that dtype (`shadows`), so the
+/// graph holds no per-step casts: gradients arrive on the copies, and the optimiser updates the
+/// masters and rewrites the copies from them. `logit_scale` is read as the master itself.
 pub struct ClipModel {
     cfg: ClipConfig,
     vars: BTreeMap<String, Var>,
+    shadows: BTreeMap<String, Var>,
     vision: VisionTower,
     text: TextTower,
     logit_scale: Tensor,
@@ -471,6 +498,7 @@ impl ClipModel {
             vars: BTreeMap::new(),
             dtype: param_dtype,
             device: device.clone(),
+            reuse: None,
         };
         let vision = VisionTower::build(&mut pb, cfg)?;
         let text = TextTower::build(&mut pb, cfg)?;
@@ -478,6 +506,7 @@ impl ClipModel {
         Ok(ClipModel {
             cfg: cfg.clone(),
             vars: pb.vars,
+            shadows: BTreeMap::new(),
             vision,
             text,
             logit_scale,
@@ -486,8 +515,60 @@ impl ClipModel {
     }
 
     /// Chooses the dtype of the forward pass (e.g. bf16 on CUDA); master weights stay as they are.
-    pub fn set_compute_dtype(&mut self, dtype: DType) {
+    /// Another dtype than the masters' makes a copy of each weight in it for the layers to read.
+    pub fn set_compute_dtype(&mut self, dtype: DType) -> Result<(), TrainError> {
+        let mut shadows = BTreeMap::new();
+        if dtype != self.param_dtype() {
+            for (name, var) in self.vars.iter().filter(|(n, _)| *n != "logit_scale") {
+                let copy = Var::from_tensor(&var.as_tensor().to_dtype(dtype)?)?;
+                shadows.insert(name.clone(), copy);
+            }
+        }
+        let read = self
+            .vars
+            .iter()
+            .map(|(name, var)| {
+                (
+                    name.clone(),
+                    shadows.get(name).unwrap_or(var).as_tensor().clone(),
+                )
+            })
+            .collect();
+        let mut pb = ParamBuilder {
+            rng: ChaCha8Rng::seed_from_u64(0),
+            vars: BTreeMap::new(),
+            dtype,
+            device: self.device().clone(),
+            reuse: Some(read),
+        };
+        self.vision = VisionTower::build(&mut pb, &self.cfg)?;
+        self.text = TextTower::build(&mut pb, &self.cfg)?;
+        self.shadows = shadows;
         self.compute_dtype = dtype;
+        Ok(())
+    }
+
+    /// The compute-dtype copies of the weights by name; empty when the forward pass runs in the
+    /// masters' dtype.
+    pub fn shadows(&self) -> &BTreeMap<String, Var> {
+        &self.shadows
+    }
+
+    /// The tensor the forward pass reads for parameter `name`: its compute-dtype copy if it has
+    /// one, else the master. Its gradient is the parameter's.
+    pub fn read_tensor(&self, name: &str) -> Option<&Tensor> {
+        match self.shadows.get(name) {
+            Some(copy) => Some(copy.as_tensor()),
+            None => self.vars.get(name).map(|v| v.as_tensor()),
+        }
+    }
+
+    /// Rewrites every compute-dtype copy from its master, after the masters changed.
+    pub fn refresh_shadows(&self) -> Result<(), TrainError> {
+        for (name, copy) in &self.shadows {
+            copy.set(&self.vars[name].as_tensor().to_dtype(copy.dtype())?)?;
+        }
+        Ok(())
     }
 
     /// The dtype of the master weights.
@@ -519,7 +600,7 @@ impl ClipModel {
 
     /// Unnormalised text features `(B, embed_dim)` in the master dtype. Input `(B, L)` token ids.
     pub fn text_features(&self, tokens: &Tensor) -> Result<Tensor, TrainError> {
-        let x = self.text.forward(tokens, self.compute_dtype)?;
+        let x = self.text.forward(tokens)?;
         Ok(cast(&x, self.param_dtype())?)
     }
 
@@ -555,7 +636,7 @@ impl ClipModel {
             }
             var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
         }
-        Ok(())
+        self.refresh_shadows()
     }
 
     /// Saves the weights under their Hugging Face names in f32 safetensors.

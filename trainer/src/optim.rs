@@ -38,6 +38,8 @@ struct Slot {
     m: Tensor,
     v: Tensor,
     decay: bool,
+    /// The parameter's compute-dtype copy, rewritten after each update.
+    mirror: Option<Var>,
 }
 
 /// AdamW over named `Var`s (PyTorch's update rule), decaying only tensors of rank ≥ 2 — open_clip's
@@ -59,11 +61,20 @@ impl AdamW {
                     m: var.zeros_like()?,
                     v: var.zeros_like()?,
                     decay: var.rank() >= 2,
+                    mirror: None,
                 };
                 Ok((name.clone(), slot))
             })
             .collect::<CResult<_>>()?;
         Ok(AdamW { cfg, slots, t: 0 })
+    }
+
+    /// Rewrites these copies (by parameter name, in another dtype) from each updated parameter:
+    /// the model's compute-dtype weights (`ClipModel::shadows`). Replaces any earlier set.
+    pub fn mirror_into(&mut self, copies: &BTreeMap<String, Var>) {
+        for (name, slot) in self.slots.iter_mut() {
+            slot.mirror = copies.get(name).cloned();
+        }
     }
 
     /// Whether `name` is weight-decayed (rank ≥ 2); `None` for an unknown name.
@@ -79,12 +90,52 @@ impl AdamW {
     /// One update at learning rate `lr` with gradients by parameter name; parameters without a
     /// gradient are left alone (their moments too).
     pub fn step(&mut self, grads: &BTreeMap<String, Tensor>, lr: f64) -> CResult<()> {
+        self.step_scaled(grads, lr, 1.0)
+    }
+
+    /// `step` with every gradient first multiplied by `grad_scale`: clipping by global norm folded
+    /// into the update instead of a pass of its own. On CUDA each parameter is one kernel.
+    pub fn step_scaled(
+        &mut self,
+        grads: &BTreeMap<String, Tensor>,
+        lr: f64,
+        grad_scale: f64,
+    ) -> CResult<()> {
         self.t += 1;
         let c = &self.cfg;
         let bc1 = 1.0 - c.beta1.powi(self.t as i32);
         let bc2 = 1.0 - c.beta2.powi(self.t as i32);
         for (name, slot) in self.slots.iter_mut() {
             let Some(g) = grads.get(name) else { continue };
+            #[cfg(feature = "cuda")]
+            if crate::fused::cuda_kernels(slot.var.as_tensor()) {
+                let update = crate::cuda::AdamWStep {
+                    lr,
+                    betas: (c.beta1, c.beta2),
+                    eps: c.eps,
+                    corrections: (bc1, bc2),
+                    decay: if slot.decay {
+                        1.0 - lr * c.weight_decay
+                    } else {
+                        1.0
+                    },
+                    grad_scale,
+                };
+                let g = g.contiguous()?;
+                let mirror = slot.mirror.as_ref().map(|m| m.as_tensor());
+                let state = [slot.var.as_tensor(), &slot.m, &slot.v, &g];
+                if crate::cuda::adamw(state, mirror, &update)? {
+                    continue;
+                }
+            }
+            let scaled;
+            let g = match grad_scale == 1.0 {
+                true => g,
+                false => {
+                    scaled = (g * grad_scale)?;
+                    &scaled
+                }
+            };
             slot.m = ((&slot.m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
             slot.v = ((&slot.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let m_hat = (&slot.m / bc1)?;
@@ -96,6 +147,9 @@ impl AdamW {
                 false => p.clone(),
             };
             slot.var.set(&(p - (update * lr)?)?)?;
+            if let Some(mirror) = &slot.mirror {
+                mirror.set(&slot.var.as_tensor().to_dtype(mirror.dtype())?)?;
+            }
         }
         Ok(())
     }
@@ -146,9 +200,24 @@ pub fn cosine_lr(step: u64, base: f64, warmup: u64, total: u64) -> f64 {
     0.5 * (1.0 + (std::f64::consts::PI * (e / es).min(1.0)).cos()) * base
 }
 
-/// Scales the gradients so their global L2 norm is at most `max_norm` (PyTorch's `clip_grad_norm_`);
-/// returns the norm before clipping.
-pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> CResult<f64> {
+/// What clipping to `max_norm` (PyTorch's `clip_grad_norm_`) multiplies gradients of global norm
+/// `norm` by: at most 1, so gradients are only ever scaled down.
+pub fn clip_coefficient(norm: f64, max_norm: f64) -> f64 {
+    (max_norm / (norm + 1e-6)).min(1.0)
+}
+
+/// The global L2 norm of all gradients; on CUDA one reduction kernel per tensor into one sum.
+pub fn grad_norm(grads: &BTreeMap<String, Tensor>) -> CResult<f64> {
+    #[cfg(feature = "cuda")]
+    if grads
+        .values()
+        .next()
+        .is_some_and(crate::fused::cuda_kernels)
+    {
+        if let Some(squares) = crate::cuda::sum_squares(grads.values())? {
+            return Ok(squares.sqrt());
+        }
+    }
     let mut total: Option<Tensor> = None;
     for g in grads.values() {
         let s = g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?;
@@ -157,17 +226,10 @@ pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> CR
             None => s,
         });
     }
-    let norm = match total {
+    Ok(match total {
         Some(t) => t.to_scalar::<f64>()?.sqrt(),
         None => 0.0,
-    };
-    let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
-        for g in grads.values_mut() {
-            *g = (&*g * coef)?;
-        }
-    }
-    Ok(norm)
+    })
 }
 
 #[cfg(test)]
@@ -190,13 +252,36 @@ mod tests {
         let mut g = BTreeMap::new();
         g.insert("a".to_string(), Tensor::new(&[3f64, 0.0], &dev).unwrap());
         g.insert("b".to_string(), Tensor::new(&[[4f64]], &dev).unwrap());
-        let norm = clip_grad_norm(&mut g, 1.0).unwrap();
+        let norm = grad_norm(&g).unwrap();
         assert!((norm - 5.0).abs() < 1e-12);
-        assert!((g["a"].to_vec1::<f64>().unwrap()[0] - 0.6).abs() < 1e-6);
-        assert!((g["b"].to_vec2::<f64>().unwrap()[0][0] - 0.8).abs() < 1e-6);
-        let norm = clip_grad_norm(&mut g, 10.0).unwrap();
+        assert!((clip_coefficient(norm, 1.0) - 0.2).abs() < 1e-6);
+        assert_eq!(clip_coefficient(norm, 10.0), 1.0);
+    }
+
+    #[test]
+    fn a_scaled_step_is_the_step_on_scaled_gradients() {
+        let dev = Device::Cpu;
+        let fresh = || {
+            let mut vars = BTreeMap::new();
+            vars.insert("w".to_string(), Var::new(&[[1.0f64, -2.0]], &dev).unwrap());
+            vars
+        };
+        let g = Tensor::new(&[[0.5f64, -0.25]], &dev).unwrap();
+        let (a, b) = (fresh(), fresh());
+        let mut opt_a = AdamW::new(&a, AdamWConfig::default()).unwrap();
+        let mut opt_b = AdamW::new(&b, AdamWConfig::default()).unwrap();
+        for _ in 0..3 {
+            let grads = BTreeMap::from([("w".to_string(), g.clone())]);
+            opt_a.step_scaled(&grads, 0.1, 0.3).unwrap();
+            let scaled = BTreeMap::from([("w".to_string(), (&g * 0.3).unwrap())]);
+            opt_b.step(&scaled, 0.1).unwrap();
+        }
+        let (wa, wb) = (a["w"].as_tensor(), b["w"].as_tensor());
+        let diff = (wa - wb).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f64>().unwrap() < 1e-15);
         assert!(
-            (norm - 1.0).abs() < 1e-5 && (g["a"].to_vec1::<f64>().unwrap()[0] - 0.6).abs() < 1e-6
+            wa.to_vec2::<f64>().unwrap()[0][0] != 1.0,
+            "the step must move w"
         );
     }
 
@@ -234,5 +319,88 @@ mod tests {
             );
             assert!((b[i] - plain).abs() < 1e-12, "b[{i}] {} vs {plain}", b[i]);
         }
+    }
+
+    /// On a GPU (feature `cuda`): the AdamW kernel, with clipping's scale and decay, against the
+    /// plain-op update on the CPU, and the norm kernel against the CPU's norm.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_adamw_and_norm_kernels_match_the_cpu() {
+        use candle_core::DType;
+        use rand::{Rng, SeedableRng};
+        let Ok(gpu) = Device::new_cuda(0) else {
+            eprintln!("no CUDA device: the AdamW kernel was not checked");
+            return;
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut random =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        let (p0, grads) = (random(5000), [random(5000), random(5000), random(5000)]);
+        let cpu = BTreeMap::from([(
+            "w".to_string(),
+            Var::from_vec(p0.clone(), (50, 100), &Device::Cpu).unwrap(),
+        )]);
+        let mut opt = AdamW::new(&cpu, AdamWConfig::default()).unwrap();
+        let var = Var::from_vec(p0, (50, 100), &gpu).unwrap();
+        let (m, v) = (var.zeros_like().unwrap(), var.zeros_like().unwrap());
+        let mirror = Var::from_tensor(&var.as_tensor().to_dtype(DType::BF16).unwrap()).unwrap();
+        let c = AdamWConfig::default();
+        for (t, g) in grads.iter().enumerate() {
+            let g_cpu = Tensor::from_vec(g.clone(), (50, 100), &Device::Cpu).unwrap();
+            let g_gpu = g_cpu.to_device(&gpu).unwrap();
+            let norms = [&g_cpu, &g_gpu]
+                .map(|g| grad_norm(&BTreeMap::from([("w".to_string(), g.clone())])).unwrap());
+            assert!(
+                (norms[0] - norms[1]).abs() < 1e-5 * norms[0],
+                "norm {norms:?}"
+            );
+            opt.step_scaled(&BTreeMap::from([("w".to_string(), g_cpu)]), 0.01, 0.5)
+                .unwrap();
+            let step = (t + 1) as i32;
+            let update = crate::cuda::AdamWStep {
+                lr: 0.01,
+                betas: (c.beta1, c.beta2),
+                eps: c.eps,
+                corrections: (1.0 - c.beta1.powi(step), 1.0 - c.beta2.powi(step)),
+                decay: 1.0 - 0.01 * c.weight_decay,
+                grad_scale: 0.5,
+            };
+            let state = [var.as_tensor(), &m, &v, &g_gpu];
+            assert!(crate::cuda::adamw(state, Some(mirror.as_tensor()), &update).unwrap());
+        }
+        let got = var.as_tensor().to_device(&Device::Cpu).unwrap();
+        let diff = (got - cpu["w"].as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        let diff = diff.to_scalar::<f32>().unwrap();
+        eprintln!("AdamW kernel vs CPU: max difference {diff:.2e}");
+        assert!(
+            diff < 1e-6,
+            "AdamW kernel differs from the CPU update by {diff}"
+        );
+        let copy = mirror
+            .as_tensor()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap();
+        let want = cpu["w"]
+            .as_tensor()
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let off = (copy - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(off < 1e-2, "the bf16 copy is {off} off the updated weights");
     }
 }

@@ -4,7 +4,7 @@
 use crate::checkpoint;
 use crate::config::ClipConfig;
 use crate::model::{clip_loss, l2_normalize, ClipModel, LOGIT_SCALE_MAX};
-use crate::optim::{clip_grad_norm, cosine_lr, AdamW, AdamWConfig};
+use crate::optim::{clip_coefficient, cosine_lr, grad_norm, AdamW, AdamWConfig};
 use crate::TrainError;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -169,9 +169,10 @@ impl Trainer {
         }
         let mut model = ClipModel::new(clip, cfg.seed, param_dtype, device)?;
         if device.is_cuda() {
-            model.set_compute_dtype(DType::BF16);
+            model.set_compute_dtype(DType::BF16)?;
         }
-        let opt = AdamW::new(model.vars(), cfg.adamw.clone())?;
+        let mut opt = AdamW::new(model.vars(), cfg.adamw.clone())?;
+        opt.mirror_into(model.shadows());
         Ok(Trainer {
             model,
             opt,
@@ -182,8 +183,10 @@ impl Trainer {
 
     /// Chooses the forward pass's dtype (bf16 is the default on CUDA); master weights, gradients
     /// and optimiser state stay in the master dtype.
-    pub fn set_compute_dtype(&mut self, dtype: DType) {
-        self.model.set_compute_dtype(dtype);
+    pub fn set_compute_dtype(&mut self, dtype: DType) -> Result<(), TrainError> {
+        self.model.set_compute_dtype(dtype)?;
+        self.opt.mirror_into(self.model.shadows());
+        Ok(())
     }
 
     /// The model being trained.
@@ -214,7 +217,7 @@ impl Trainer {
         let m = &self.model;
         if micro.len() == 1 {
             let loss = joint_loss(&[&Features::of(m, &micro[0])?], m.logit_scale())?;
-            let grads = self.collect(&loss.backward()?);
+            let grads = self.collect(&loss.backward()?)?;
             return Ok(Gradients {
                 loss: scalar(&loss)?,
                 grads,
@@ -243,7 +246,7 @@ impl Trainer {
             if j == 0 {
                 loss_value = scalar(&loss)?;
             }
-            for (name, g) in self.collect(&loss.backward()?) {
+            for (name, g) in self.collect(&loss.backward()?)? {
                 let sum = match total.remove(&name) {
                     Some(prev) => (prev + g)?,
                     None => g,
@@ -257,16 +260,20 @@ impl Trainer {
         })
     }
 
-    fn collect(&self, store: &candle_core::backprop::GradStore) -> BTreeMap<String, Tensor> {
-        self.model
-            .vars()
-            .iter()
-            .filter_map(|(name, var)| {
-                store
-                    .get(var.as_tensor())
-                    .map(|g| (name.clone(), g.clone()))
-            })
-            .collect()
+    /// Each parameter's gradient, in the master dtype, from the tensor the forward pass read.
+    fn collect(
+        &self,
+        store: &candle_core::backprop::GradStore,
+    ) -> Result<BTreeMap<String, Tensor>, TrainError> {
+        let m = &self.model;
+        let mut grads = BTreeMap::new();
+        for (name, var) in m.vars() {
+            let read = m.read_tensor(name).unwrap_or(var.as_tensor());
+            if let Some(g) = store.get(read) {
+                grads.insert(name.clone(), g.to_dtype(var.dtype())?);
+            }
+        }
+        Ok(grads)
     }
 
     /// One optimiser step on `micro` (`accum` micro-batches): gradients, clipping, AdamW at the
@@ -277,19 +284,20 @@ impl Trainer {
             .iter()
             .map(|b| b.images.dim(0))
             .sum::<candle_core::Result<usize>>()?;
-        let Gradients { loss, mut grads } = self.gradients(micro)?;
+        let Gradients { loss, grads } = self.gradients(micro)?;
         if !loss.is_finite() {
             return Err(TrainError::Diverged {
                 step: self.step + 1,
                 loss,
             });
         }
-        let grad_norm = match self.cfg.max_grad_norm {
-            Some(max) => clip_grad_norm(&mut grads, max)?,
-            None => clip_grad_norm(&mut grads, f64::INFINITY)?,
+        let grad_norm = grad_norm(&grads)?;
+        let grad_scale = match self.cfg.max_grad_norm {
+            Some(max) => clip_coefficient(grad_norm, max),
+            None => 1.0,
         };
         let lr = cosine_lr(self.step, self.cfg.lr, self.cfg.warmup, self.cfg.steps);
-        self.opt.step(&grads, lr)?;
+        self.opt.step_scaled(&grads, lr, grad_scale)?;
         let scale_var = &self.model.vars()["logit_scale"];
         scale_var.set(&scale_var.as_tensor().clamp(0.0, LOGIT_SCALE_MAX)?)?;
         self.step += 1;

@@ -467,7 +467,7 @@ fn a_small_model_learns_retrieval_far_above_chance() {
 fn bf16_compute_keeps_f32_master_weights_and_close_gradients() {
     let t32 = trainer(DType::F32, TrainConfig::default());
     let mut tbf = trainer(DType::F32, TrainConfig::default());
-    tbf.set_compute_dtype(DType::BF16);
+    tbf.set_compute_dtype(DType::BF16).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(10);
     let b = batch(&[1, 9, 17, 25, 33, 41], &mut rng, DType::F32);
     let g32 = t32.gradients(std::slice::from_ref(&b)).unwrap();
@@ -503,6 +503,47 @@ fn bf16_compute_keeps_f32_master_weights_and_close_gradients() {
 }
 
 #[test]
+fn bf16_weight_copies_follow_the_masters_through_steps_and_loads() {
+    let cfg = TrainConfig {
+        steps: 3,
+        lr: 1e-2,
+        warmup: 1,
+        ..TrainConfig::default()
+    };
+    let mut t = trainer(DType::F32, cfg);
+    t.set_compute_dtype(DType::BF16).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let b = batch(&[2, 10, 18, 26], &mut rng, DType::F32);
+    for _ in 0..3 {
+        t.step(std::slice::from_ref(&b)).unwrap();
+    }
+    // A model loaded from the trained masters must compute exactly what the trained one does:
+    // the copies the layers read were rewritten after each update, and again by the load.
+    let masters: std::collections::HashMap<String, Tensor> = t
+        .model()
+        .vars()
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    let mut fresh =
+        wit_trainer::ClipModel::new(&micro_config(), 99, DType::F32, &Device::Cpu).unwrap();
+    fresh.set_compute_dtype(DType::BF16).unwrap();
+    fresh.load_tensors(&masters).unwrap();
+    for (trained, loaded) in [
+        (
+            t.model().encode_image(&b.images).unwrap(),
+            fresh.encode_image(&b.images).unwrap(),
+        ),
+        (
+            t.model().encode_text(&b.tokens).unwrap(),
+            fresh.encode_text(&b.tokens).unwrap(),
+        ),
+    ] {
+        assert_eq!(norm(&(trained - loaded).unwrap()), 0.0);
+    }
+}
+
+#[test]
 fn padding_after_the_end_token_never_changes_a_caption_feature() {
     let t = trainer(DType::F64, TrainConfig::default());
     let short = Tensor::new(&[[1u32, 4, 5, 15, 0, 0, 0, 0]], &Device::Cpu).unwrap();
@@ -533,4 +574,80 @@ fn padding_after_the_end_token_never_changes_a_caption_feature() {
         "a longer neighbour changed the feature by {diff}"
     );
     assert!(beside[1].iter().any(|v| v.abs() > 1e-6));
+}
+
+/// On a GPU (feature `cuda`): the CUDA training step against the CPU's f32 step on the same batch
+/// and initial weights, with wit's CUDA kernels on and off (the plain-op graphs): the same loss,
+/// and every tensor's gradient present and pointing the same way (the fused-kernel trap, on
+/// CUDA). Then CUDA steps with the kernels lower the loss. Without a GPU it says so and checks
+/// nothing.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_training_agrees_with_the_cpu_with_and_without_the_kernels() {
+    let Ok(gpu) = wit_trainer::parse_device("cuda") else {
+        eprintln!("no CUDA device: CUDA training was not checked");
+        return;
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let b = batch(&[1, 9, 17, 25, 33, 41, 50, 60], &mut rng, DType::F32);
+    let on_gpu = MicroBatch {
+        images: b.images.to_device(&gpu).unwrap(),
+        tokens: b.tokens.to_device(&gpu).unwrap(),
+        negatives: None,
+    };
+    let cpu = trainer(DType::F32, TrainConfig::default())
+        .gradients(std::slice::from_ref(&b))
+        .unwrap();
+    for kernels in [true, false] {
+        wit_trainer::use_cuda_kernels(kernels);
+        let t = Trainer::new(&micro_config(), TrainConfig::default(), &gpu).unwrap();
+        let g = t.gradients(std::slice::from_ref(&on_gpu)).unwrap();
+        let what = if kernels { "kernels" } else { "plain ops" };
+        assert!(
+            (g.loss - cpu.loss).abs() < 0.05 * cpu.loss,
+            "{what}: loss {} vs CPU {}",
+            g.loss,
+            cpu.loss
+        );
+        for (name, want) in &cpu.grads {
+            let got = g
+                .grads
+                .get(name)
+                .unwrap_or_else(|| panic!("{what}: {name} got no gradient"));
+            let got = got.to_device(&Device::Cpu).unwrap();
+            assert!(norm(&got).is_finite(), "{what}: {name} gradient not finite");
+            if name.ends_with("k_proj.bias") {
+                continue;
+            }
+            let dot = (&got * want)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            let cos = dot / (norm(&got) * norm(want));
+            eprintln!("{what}: {name} gradient cosine {cos:.5}");
+            assert!(
+                cos > 0.98,
+                "{what}: {name} gradient cosine {cos} against the CPU's"
+            );
+        }
+    }
+    wit_trainer::use_cuda_kernels(true);
+    let cfg = TrainConfig {
+        steps: 40,
+        lr: 2e-3,
+        warmup: 2,
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(&micro_config(), cfg, &gpu).unwrap();
+    let first = t.step(std::slice::from_ref(&on_gpu)).unwrap().loss;
+    let mut last = first;
+    for _ in 0..39 {
+        last = t.step(std::slice::from_ref(&on_gpu)).unwrap().loss;
+    }
+    eprintln!("CUDA loss {first} -> {last}");
+    assert!(last < 0.5 * first, "CUDA loss {first} -> {last}");
 }

@@ -32,6 +32,10 @@ pub struct TrainBenchArgs {
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// On CUDA, time candle's plain-op graphs instead of wit's CUDA ops (GELU, LayerNorm,
+    /// linear, attention, AdamW): what those buy, measured on the same GPU.
+    #[arg(long)]
+    pub no_cuda_kernels: bool,
 }
 
 /// Runs `wit bench train`: prints `steps/s: N`, `samples/s: N`, then milliseconds per step of the
@@ -41,6 +45,7 @@ pub fn bench_train(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
     let mut clip = ClipConfig::resolve(&args.config)?;
     clip.text_cfg.vocab_size = args.vocab_size;
     let device = wit_trainer::parse_device(&args.device)?;
+    wit_trainer::use_cuda_kernels(!args.no_cuda_kernels);
     let mut trainer = Trainer::new(&clip, TrainConfig::default(), &device)?;
     let micro = [synthetic_batch(&clip, &args, &device)?];
     for _ in 0..args.warmup_steps {
