@@ -107,6 +107,10 @@ impl AdamW {
         let bc2 = 1.0 - c.beta2.powi(self.t as i32);
         for (name, slot) in self.slots.iter_mut() {
             let Some(g) = grads.get(name) else { continue };
+            let decay = match slot.decay {
+                true => 1.0 - lr * c.weight_decay,
+                false => 1.0,
+            };
             #[cfg(feature = "cuda")]
             if crate::fused::cuda_kernels(slot.var.as_tensor()) {
                 let update = crate::cuda::AdamWStep {
@@ -114,11 +118,7 @@ impl AdamW {
                     betas: (c.beta1, c.beta2),
                     eps: c.eps,
                     corrections: (bc1, bc2),
-                    decay: if slot.decay {
-                        1.0 - lr * c.weight_decay
-                    } else {
-                        1.0
-                    },
+                    decay,
                     grad_scale,
                 };
                 let g = g.contiguous()?;
@@ -128,22 +128,18 @@ impl AdamW {
                     continue;
                 }
             }
-            let scaled;
             let g = match grad_scale == 1.0 {
-                true => g,
-                false => {
-                    scaled = (g * grad_scale)?;
-                    &scaled
-                }
+                true => g.clone(),
+                false => (g * grad_scale)?,
             };
-            slot.m = ((&slot.m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+            slot.m = ((&slot.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             slot.v = ((&slot.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let m_hat = (&slot.m / bc1)?;
             let v_hat = (&slot.v / bc2)?;
             let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
             let p = slot.var.as_tensor();
             let p = match slot.decay {
-                true => (p * (1.0 - lr * c.weight_decay))?,
+                true => (p * decay)?,
                 false => p.clone(),
             };
             slot.var.set(&(p - (update * lr)?)?)?;
