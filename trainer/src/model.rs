@@ -18,6 +18,8 @@ use std::collections::{BTreeMap, HashMap};
 pub const LN_EPS: f64 = 1e-5;
 /// Initial `logit_scale`: ln(1 / 0.07), as in the CLIP paper.
 pub const LOGIT_SCALE_INIT: f64 = 2.659_260_036_932_778;
+/// The name of the learnable log temperature among the parameters (HF CLIP's).
+pub const LOGIT_SCALE: &str = "logit_scale";
 /// Largest `logit_scale`: ln(100); the paper clips the temperature there to keep training stable.
 pub const LOGIT_SCALE_MAX: f64 = 4.605_170_185_988_092;
 
@@ -502,7 +504,7 @@ impl ClipModel {
         };
         let vision = VisionTower::build(&mut pb, cfg)?;
         let text = TextTower::build(&mut pb, cfg)?;
-        let logit_scale = pb.add("logit_scale", &[], vec![LOGIT_SCALE_INIT])?;
+        let logit_scale = pb.add(LOGIT_SCALE, &[], vec![LOGIT_SCALE_INIT])?;
         Ok(ClipModel {
             cfg: cfg.clone(),
             vars: pb.vars,
@@ -519,7 +521,7 @@ impl ClipModel {
     pub fn set_compute_dtype(&mut self, dtype: DType) -> Result<(), TrainError> {
         let mut shadows = BTreeMap::new();
         if dtype != self.param_dtype() {
-            for (name, var) in self.vars.iter().filter(|(n, _)| *n != "logit_scale") {
+            for (name, var) in self.vars.iter().filter(|(n, _)| *n != LOGIT_SCALE) {
                 let copy = Var::from_tensor(&var.as_tensor().to_dtype(dtype)?)?;
                 shadows.insert(name.clone(), copy);
             }

@@ -3,7 +3,7 @@
 
 use crate::checkpoint;
 use crate::config::ClipConfig;
-use crate::model::{clip_loss, l2_normalize, ClipModel, LOGIT_SCALE_MAX};
+use crate::model::{clip_loss, l2_normalize, ClipModel, LOGIT_SCALE, LOGIT_SCALE_MAX};
 use crate::optim::{clip_coefficient, cosine_lr, grad_norm, AdamW, AdamWConfig};
 use crate::TrainError;
 use candle_core::{DType, Device, Tensor};
@@ -298,7 +298,7 @@ impl Trainer {
         };
         let lr = cosine_lr(self.step, self.cfg.lr, self.cfg.warmup, self.cfg.steps);
         self.opt.step_scaled(&grads, lr, grad_scale)?;
-        let scale_var = &self.model.vars()["logit_scale"];
+        let scale_var = &self.model.vars()[LOGIT_SCALE];
         scale_var.set(&scale_var.as_tensor().clamp(0.0, LOGIT_SCALE_MAX)?)?;
         self.step += 1;
         let logit_scale = scalar(self.model.logit_scale())?;
