@@ -86,6 +86,37 @@ fn norm(t: &Tensor) -> f64 {
         .sqrt()
 }
 
+/// Cosine of the angle between two tensors of one shape (on any devices).
+fn cosine(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let b = b
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let dot = (&a * &b)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    dot / (norm(&a) * norm(&b))
+}
+
+/// The losses of the first and the last of `steps` steps on one batch.
+fn first_and_last_loss(t: &mut Trainer, b: &MicroBatch, steps: usize) -> (f64, f64) {
+    let first = t.step(std::slice::from_ref(b)).unwrap().loss;
+    let mut last = first;
+    for _ in 1..steps {
+        last = t.step(std::slice::from_ref(b)).unwrap().loss;
+    }
+    (first, last)
+}
+
 #[test]
 fn every_trainable_tensor_gets_a_finite_nonzero_gradient() {
     let t = trainer(DType::F32, TrainConfig::default());
@@ -129,11 +160,7 @@ fn loss_falls_on_a_fixed_batch() {
         &mut rng,
         DType::F32,
     );
-    let first = t.step(std::slice::from_ref(&b)).unwrap().loss;
-    let mut last = first;
-    for _ in 0..39 {
-        last = t.step(std::slice::from_ref(&b)).unwrap().loss;
-    }
+    let (first, last) = first_and_last_loss(&mut t, &b, 40);
     assert!(last < 0.3 * first, "loss went from {first} to {last}");
 }
 
@@ -489,15 +516,7 @@ fn bf16_compute_keeps_f32_master_weights_and_close_gradients() {
             continue;
         }
         // bf16 keeps ~3 significant digits: ask for the same direction, not the same digits.
-        let dot = (gb * g)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        let cos = dot / (norm(gb) * norm(g));
+        let cos = cosine(gb, g);
         assert!(cos > 0.98, "{name}: bf16 gradient cosine {cos}");
     }
 }
@@ -619,15 +638,7 @@ fn cuda_training_agrees_with_the_cpu_with_and_without_the_kernels() {
             if name.ends_with("k_proj.bias") {
                 continue;
             }
-            let dot = (&got * want)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_dtype(DType::F64)
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
-            let cos = dot / (norm(&got) * norm(want));
+            let cos = cosine(&got, want);
             eprintln!("{what}: {name} gradient cosine {cos:.5}");
             assert!(
                 cos > 0.98,
@@ -643,11 +654,7 @@ fn cuda_training_agrees_with_the_cpu_with_and_without_the_kernels() {
         ..TrainConfig::default()
     };
     let mut t = Trainer::new(&micro_config(), cfg, &gpu).unwrap();
-    let first = t.step(std::slice::from_ref(&on_gpu)).unwrap().loss;
-    let mut last = first;
-    for _ in 0..39 {
-        last = t.step(std::slice::from_ref(&on_gpu)).unwrap().loss;
-    }
+    let (first, last) = first_and_last_loss(&mut t, &on_gpu, 40);
     eprintln!("CUDA loss {first} -> {last}");
     assert!(last < 0.5 * first, "CUDA loss {first} -> {last}");
 }
