@@ -359,18 +359,13 @@ struct Heads {
 
 impl Heads {
     fn of(l: &Layout) -> Result<Heads> {
-        let &[3, b, h, t, d] = l.dims() else {
-            return Err(error(format!(
-                "attention takes q, k and v stacked as (3, B, H, T, D), got {:?}",
-                l.dims()
-            )));
-        };
+        let (batch, t, d) = crate::fused::qkv_dims(l)?;
         let offset = l
             .contiguous_offsets()
             .ok_or_else(|| error("attention takes a contiguous stack".into()))?
             .0;
         Ok(Heads {
-            batch: b * h,
+            batch,
             t,
             d,
             offset,

@@ -661,7 +661,7 @@ fn softmax_rows<T: Real>(s: &mut [T], t: usize, causal: bool) {
 }
 
 /// Shape of a `(3, B, H, T, D)` stack: heads `B·H`, `T`, `D`.
-fn qkv_dims(l: &Layout) -> Result<(usize, usize, usize)> {
+pub(crate) fn qkv_dims(l: &Layout) -> Result<(usize, usize, usize)> {
     match l.dims() {
         &[3, b, h, t, d] => Ok((b * h, t, d)),
         dims => Err(candle_core::Error::Msg(format!(

@@ -4,7 +4,7 @@
 // Through candle's plain ops each of these layers is 5–25 kernel launches each way, every one a
 // full pass over the activation plus a fresh buffer; here each is one launch (two for LayerNorm's
 // backward, whose gain and bias gradients are column sums). Arithmetic runs in f32 whatever the
-// storage type, as PyTorch's autocast does for these ops.
+// storage type (PyTorch's bf16 autocast likewise runs LayerNorm and softmax in f32).
 
 #include <cuda_bf16.h>
 #include <stdint.h>
