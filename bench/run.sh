@@ -24,6 +24,8 @@ exec 9>"$WORK.lock"
 flock 9
 WIT=${WIT_BIN:-}
 if [ -z "$WIT" ]; then
+  # libjpeg-turbo's SIMD code needs nasm at build time; without it JPEG coding is ~2× slower.
+  bash scripts/setup-debian.sh nasm
   cargo build --release --locked --bin wit
   WIT=$PWD/target/release/wit
 fi

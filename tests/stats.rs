@@ -405,7 +405,7 @@ fn chromium() -> PathBuf {
     let p = PathBuf::from("/usr/bin/chromium");
     assert!(
         p.exists(),
-        "no /usr/bin/chromium: run `bash scripts/setup-chromium.sh` (installs Debian's chromium)"
+        "no /usr/bin/chromium: run `bash scripts/setup-debian.sh chromium` (installs Debian's chromium)"
     );
     p
 }

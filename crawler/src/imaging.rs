@@ -3,8 +3,9 @@
 //! One synchronous, CPU-only entry point, [`process`], so the downloader can run it on a bounded
 //! blocking pool. The order of work is chosen so a hostile or oversized file costs as little as
 //! possible: magic bytes, then the header (dimensions, EXIF), the pixel limit and the size filters,
-//! and only then the decode — downscaled in the DCT domain when the target is at most an eighth of
-//! the source, so a 4000×3000 JPEG bound for 256 px is decoded at 500×375.
+//! and only then the decode — a JPEG shrunk by 2, 4 or 8 in the DCT domain when the target leaves
+//! room, so a 4000×3000 JPEG bound for 256 px is decoded at 500×375. JPEGs are decoded and
+//! encoded by libjpeg-turbo (`wit-jpeg`), the other formats by the `image` crate.
 
 use std::io::Cursor;
 
@@ -288,7 +289,7 @@ pub fn process(bytes: &[u8], opts: &ImageOptions) -> Result<Processed, ImageErro
     };
     check_filters(w, h, opts)?;
     let geom = geometry(w, h, opts);
-    let decoded = decode(bytes, source, decoder, orientation, geom, (w, h))?;
+    let decoded = decode(bytes, source, decoder, orientation, geom, opts.max_pixels)?;
     let changed = geom.is_some() || decoded.had_alpha || orientation != Orientation::NoTransforms;
     let (encoded, phash) = finish(decoded.rgb, geom, opts)?;
     let image = match ImageFormat::from_magic(bytes) {
@@ -390,14 +391,18 @@ fn decode(
     decoder: impl ImageDecoder,
     orientation: Orientation,
     geom: Option<Geometry>,
-    oriented: (u32, u32),
+    max_pixels: u64,
 ) -> Result<Decoded, ImageError> {
-    let scaled = match (source, geom) {
-        (SourceFormat::Jpeg, Some(g)) => decode_jpeg_scaled(bytes, g, oriented),
+    let jpeg = match source {
+        SourceFormat::Jpeg => match decode_jpeg(bytes, orientation, geom, max_pixels) {
+            Ok(rgb) => Some(rgb),
+            Err(wit_jpeg::JpegError::Unsupported(_)) => None,
+            Err(e) => return Err(failed("cannot decode the JPEG image", e)),
+        },
         _ => None,
     };
-    let mut img = match scaled {
-        Some(img) => img,
+    let mut img = match jpeg {
+        Some(rgb) => DynamicImage::ImageRgb8(rgb),
         None => DynamicImage::from_decoder(decoder)
             .map_err(|e| failed(&format!("cannot decode the {} image", source.name()), e))?,
     };
@@ -405,32 +410,26 @@ fn decode(
     Ok(flatten(img))
 }
 
-/// Decodes a JPEG at 1/8 scale in the DCT domain when the target is at most an eighth of the
-/// source; `None` means "use the full decoder" (not small enough, or a pixel format we do not
-/// handle here such as CMYK).
-///
-/// Only 1/8: jpeg-decoder, the one Rust decoder that scales, decodes a large image on three
-/// threads of its own, and its 1/2- and 1/4-scale decodes took 1.5–2.2× the CPU seconds of
-/// zune-jpeg's full decode on the benchmark's photographs (the download benchmark's photos used
-/// 9% less CPU without them). At 1/8 it still saves most of the decoded memory.
-fn decode_jpeg_scaled(bytes: &[u8], g: Geometry, oriented: (u32, u32)) -> Option<DynamicImage> {
-    let scale = f64::from(g.resize_to.0) / f64::from(oriented.0);
-    if scale > 0.125 {
-        return None;
-    }
-    let mut dec = jpeg_decoder::Decoder::new(bytes);
-    dec.read_info().ok()?;
-    let info = dec.info()?;
-    let want = |v: u16| (f64::from(v) * scale).ceil().clamp(1.0, f64::from(v)) as u16;
-    dec.scale(want(info.width), want(info.height)).ok()?;
-    let pixels = dec.decode().ok()?;
-    let info = dec.info()?;
-    let (w, h) = (u32::from(info.width), u32::from(info.height));
-    match info.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => RgbImage::from_raw(w, h, pixels).map(Into::into),
-        jpeg_decoder::PixelFormat::L8 => image::GrayImage::from_raw(w, h, pixels).map(Into::into),
-        _ => None,
-    }
+/// Decodes a JPEG with libjpeg-turbo, shrunk by 2, 4 or 8 in the DCT domain when the resize
+/// target leaves room (a 4000×3000 photo bound for 256 px decodes at 500×375). CMYK and YCCK
+/// come back `Unsupported`, for the general decoder.
+fn decode_jpeg(
+    bytes: &[u8],
+    orientation: Orientation,
+    geom: Option<Geometry>,
+    max_pixels: u64,
+) -> Result<RgbImage, wit_jpeg::JpegError> {
+    // The target is in displayed (oriented) axes; the DCT scales the stored ones.
+    let min_size = geom.map(|g| match swaps_axes(orientation) {
+        true => (g.resize_to.1, g.resize_to.0),
+        false => g.resize_to,
+    });
+    let options = wit_jpeg::DecodeOptions {
+        min_size,
+        max_pixels,
+    };
+    let rgb = wit_jpeg::decode_rgb(bytes, options, Vec::new())?;
+    Ok(RgbImage::from_raw(rgb.width, rgb.height, rgb.pixels).expect("decoder output is w*h RGB"))
 }
 
 /// Converts to 8-bit RGB, compositing any transparency onto white as img2dataset does.
@@ -558,23 +557,14 @@ fn encode(rgb: &RgbImage, opts: &ImageOptions) -> Result<EncodedImage, ImageErro
     let mut bytes = Vec::new();
     match opts.encode_format {
         ImageFormat::Jpg => {
-            let (ew, eh) = match (u16::try_from(w), u16::try_from(h)) {
-                (Ok(a), Ok(b)) => (a, b),
-                _ => {
-                    return Err(ImageError::FailedToResize(format!(
-                        "{w}x{h} is too large for JPEG (65535 px per side); \
-                         use a resize mode or --encode-format png"
-                    )))
-                }
-            };
-            let mut encoder =
-                jpeg_encoder::Encoder::new(&mut bytes, opts.encode_quality.clamp(1, 100));
-            // libjpeg's (so OpenCV's, Pillow's and img2dataset's) chroma subsampling at every
-            // quality; jpeg-encoder switches to 4:4:4 from quality 90, which doubles the blocks
-            // to encode and makes larger files than the peers' at the same quality setting.
-            encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
-            encoder
-                .encode(rgb.as_raw(), ew, eh, jpeg_encoder::ColorType::Rgb)
+            if w > wit_jpeg::MAX_SIDE || h > wit_jpeg::MAX_SIDE {
+                return Err(ImageError::FailedToResize(format!(
+                    "{w}x{h} is too large for JPEG ({} px per side); \
+                     use a resize mode or --encode-format png",
+                    wit_jpeg::MAX_SIDE
+                )));
+            }
+            bytes = wit_jpeg::encode_rgb(rgb.as_raw(), w, h, opts.encode_quality)
                 .map_err(|e| failed("cannot encode JPEG", e))?;
         }
         ImageFormat::Png => {
@@ -916,7 +906,13 @@ pub(crate) mod tests {
         );
         let o = opts(ResizeMode::KeepRatioLargest, 128);
         let g = geometry(1024, 768, &o).unwrap();
-        let scaled = decode_jpeg_scaled(&jpeg, g, (1024, 768)).expect("DCT-scaled path taken");
+        let scaled = decode_jpeg(&jpeg, Orientation::NoTransforms, Some(g), 1 << 30).unwrap();
+        // A rotated photo is scaled in its stored axes: 1600×400 shown as 400×1600, bound for
+        // 40×160, shrinks by 8 (to 200×50), not by 2 as the displayed axes would allow.
+        let wide = encoded(&halves(1600, 400), image::ImageFormat::Jpeg);
+        let tall = geometry(400, 1600, &opts(ResizeMode::KeepRatioLargest, 160)).unwrap();
+        let stored = decode_jpeg(&wide, Orientation::Rotate90, Some(tall), 1 << 30).unwrap();
+        assert_eq!(stored.dimensions(), (200, 50));
         assert_eq!(
             (scaled.width(), scaled.height()),
             (128, 96),

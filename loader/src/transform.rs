@@ -1,7 +1,7 @@
 //! Decode → crop → resize → normalise for one sample. Crops are computed in source pixels and
 //! resized straight to the target square in one convolution pass (fast_image_resize, Catmull-Rom
-//! = PIL's BICUBIC), and very large JPEGs are decoded at 1/8 scale in the DCT domain when the crop
-//! still has enough pixels.
+//! = PIL's BICUBIC), and large JPEGs are decoded at 1/2, 1/4 or 1/8 scale in the DCT domain when
+//! the crop still has enough pixels.
 
 use fast_image_resize::images::{CroppedImage, Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -175,10 +175,9 @@ pub struct Rgb {
     pub pixels: Vec<u8>,
 }
 
-/// Decodes `bytes` to RGB. JPEGs go to zune-jpeg, which converts grey, CMYK and YCCK to RGB
-/// itself, and one whose short side is at least eight times `min_short` is decoded at 1/8 scale
-/// in the DCT domain. Not at 1/2 or 1/4: there jpeg-decoder (the one Rust decoder that scales,
-/// on three threads of its own) took 1.5–2.2× the CPU seconds of zune-jpeg's full decode.
+/// Decodes `bytes` to RGB. JPEGs go to libjpeg-turbo (`wit-jpeg`), shrunk by 8, 4 or 2 in the
+/// DCT domain while the short side stays at least `min_short`; CMYK and YCCK JPEGs, PNG and WebP
+/// go to the `image` crate.
 pub fn decode_rgb(bytes: &[u8], min_short: u32) -> Result<Rgb, DecodeError> {
     decode_rgb_into(bytes, min_short, Vec::new())
 }
@@ -187,8 +186,21 @@ pub fn decode_rgb(bytes: &[u8], min_short: u32) -> Result<Rgb, DecodeError> {
 /// length: bytes it already has are overwritten, not zeroed first).
 fn decode_rgb_into(bytes: &[u8], min_short: u32, buffer: Vec<u8>) -> Result<Rgb, DecodeError> {
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        if let Some(rgb) = decode_jpeg(bytes, min_short, buffer)? {
-            return Ok(rgb);
+        let options = wit_jpeg::DecodeOptions {
+            min_size: Some((min_short, min_short)),
+            max_pixels: MAX_PIXELS,
+        };
+        match wit_jpeg::decode_rgb(bytes, options, buffer) {
+            Ok(rgb) => {
+                return Ok(Rgb {
+                    width: rgb.width,
+                    height: rgb.height,
+                    pixels: rgb.pixels,
+                })
+            }
+            Err(wit_jpeg::JpegError::Unsupported(_)) => {}
+            Err(wit_jpeg::JpegError::TooLarge { .. }) => return Err(DecodeError::TooLarge),
+            Err(e) => return Err(DecodeError::Corrupt(e.to_string())),
         }
     }
     let img = image::load_from_memory(bytes).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
@@ -212,58 +224,6 @@ fn decode_rgb_into(bytes: &[u8], min_short: u32, buffer: Vec<u8>) -> Result<Rgb,
     })
 }
 
-/// A JPEG decoded by zune-jpeg straight into `buffer`, with the settings the `image` crate uses
-/// (recoverable stream errors tolerated; [`MAX_PIXELS`] is the size cap), but without its copy
-/// of the input and its second header parse. `Ok(None)` for a colour layout zune-jpeg does not
-/// turn into RGB: the general decoder takes those.
-fn decode_jpeg(
-    bytes: &[u8],
-    min_short: u32,
-    mut buffer: Vec<u8>,
-) -> Result<Option<Rgb>, DecodeError> {
-    use zune_jpeg::zune_core::{
-        bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions,
-    };
-    let corrupt = |e: zune_jpeg::errors::DecodeErrors| DecodeError::Corrupt(e.to_string());
-    let options = DecoderOptions::default()
-        .set_strict_mode(false)
-        .set_max_width(usize::MAX)
-        .set_max_height(usize::MAX)
-        .jpeg_set_out_colorspace(ColorSpace::RGB);
-    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    decoder.decode_headers().map_err(corrupt)?;
-    let no_header = || DecodeError::Corrupt("no JPEG header".into());
-    let (w, h) = decoder.dimensions().ok_or_else(no_header)?;
-    if w as u64 * h as u64 > MAX_PIXELS {
-        return Err(DecodeError::TooLarge);
-    }
-    let converts_to_rgb = matches!(
-        decoder.input_colorspace(),
-        Some(
-            ColorSpace::YCbCr
-                | ColorSpace::Luma
-                | ColorSpace::RGB
-                | ColorSpace::CMYK
-                | ColorSpace::YCCK
-        )
-    );
-    if !converts_to_rgb {
-        return Ok(None);
-    }
-    if (w.min(h) as u32).div_ceil(8) >= min_short.max(1) {
-        if let Some(rgb) = decode_jpeg_eighth(bytes)? {
-            return Ok(Some(rgb));
-        }
-    }
-    buffer.resize(decoder.output_buffer_size().ok_or_else(no_header)?, 0);
-    decoder.decode_into(&mut buffer).map_err(corrupt)?;
-    Ok(Some(Rgb {
-        width: w as u32,
-        height: h as u32,
-        pixels: buffer,
-    }))
-}
-
 /// Grey samples repeated into R, G and B.
 fn grey_to_rgb(grey: &[u8]) -> Vec<u8> {
     let mut out = vec![0u8; grey.len() * 3];
@@ -280,41 +240,6 @@ fn drop_alpha(rgba: &[u8]) -> Vec<u8> {
         dst.copy_from_slice(&px[..3]);
     }
     out
-}
-
-/// A JPEG decoded at 1/8 scale in the DCT domain by jpeg-decoder; `Ok(None)` for CMYK, which
-/// it does not convert.
-fn decode_jpeg_eighth(bytes: &[u8]) -> Result<Option<Rgb>, DecodeError> {
-    let corrupt = |e: jpeg_decoder::Error| DecodeError::Corrupt(e.to_string());
-    let mut dec = jpeg_decoder::Decoder::new(bytes);
-    dec.read_info().map_err(corrupt)?;
-    let info = dec
-        .info()
-        .ok_or(DecodeError::Corrupt("no JPEG header".into()))?;
-    let (w, h) = (info.width, info.height);
-    dec.scale(w.div_ceil(8), h.div_ceil(8)).map_err(corrupt)?;
-    let data = dec.decode().map_err(corrupt)?;
-    let info = dec
-        .info()
-        .ok_or(DecodeError::Corrupt("no JPEG header".into()))?;
-    let (width, height) = (info.width as u32, info.height as u32);
-    let pixels = match info.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => data,
-        jpeg_decoder::PixelFormat::L8 => grey_to_rgb(&data),
-        jpeg_decoder::PixelFormat::L16 => data
-            .chunks_exact(2)
-            .flat_map(|c| [c[0], c[0], c[0]])
-            .collect(),
-        jpeg_decoder::PixelFormat::CMYK32 => return Ok(None),
-    };
-    if pixels.len() != (width * height * 3) as usize {
-        return Err(DecodeError::Corrupt("short JPEG pixel buffer".into()));
-    }
-    Ok(Some(Rgb {
-        width,
-        height,
-        pixels,
-    }))
 }
 
 /// Per-thread transform state: the resizer keeps its scratch buffers between samples.

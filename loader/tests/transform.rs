@@ -231,17 +231,18 @@ fn center_crop_with_bicubic_resize_matches_pil() {
 }
 
 #[test]
-fn dct_scaled_jpeg_decode_keeps_enough_pixels() {
+fn dct_scaled_jpeg_decode_shrinks_as_far_as_the_short_side_allows() {
     let bytes = jpeg(1600, 1200, 3);
-    let img = decode_rgb(&bytes, 150).unwrap();
-    assert_eq!(
-        (img.width, img.height),
-        (200, 150),
-        "1/8 scale keeps short side ≥ 150"
-    );
-    for min_short in [151, 256, 1200] {
-        let full = decode_rgb(&bytes, min_short).unwrap();
-        assert_eq!((full.width, full.height), (1600, 1200), "{min_short}");
+    for (min_short, want) in [
+        (150, (200, 150)),
+        (151, (400, 300)),
+        (300, (400, 300)),
+        (301, (800, 600)),
+        (601, (1600, 1200)),
+        (10_000, (1600, 1200)),
+    ] {
+        let img = decode_rgb(&bytes, min_short).unwrap();
+        assert_eq!((img.width, img.height), want, "short side ≥ {min_short}");
     }
 }
 
@@ -260,13 +261,26 @@ fn jpegs_of_every_colour_layout_decode_as_the_general_decoder_does() {
     jpeg_encoder::Encoder::new(&mut cmyk, 90)
         .encode(&inks, w as u16, h as u16, jpeg_encoder::ColorType::Cmyk)
         .unwrap();
-    // A short side this large keeps every decode at full size (no 1/8 DCT scaling).
+    // A short side this large keeps every decode at full size (no DCT scaling).
     let full_size = 10_000;
     for (name, bytes) in [("rgb", jpeg(w, h, 4)), ("grey", grey), ("cmyk", cmyk)] {
         let want = image::load_from_memory(&bytes).unwrap().into_rgb8();
         let got = decode_rgb(&bytes, full_size).unwrap();
         assert_eq!((got.width, got.height), want.dimensions(), "{name}");
-        assert_eq!(got.pixels, want.as_raw()[..], "{name}");
+        // libjpeg-turbo (ours) and zune-jpeg (the `image` crate's) round their inverse DCTs
+        // and chroma upsampling differently; CMYK goes through `image` itself.
+        let diffs: Vec<u8> = got
+            .pixels
+            .iter()
+            .zip(want.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .collect();
+        let mean = diffs.iter().map(|&d| f64::from(d)).sum::<f64>() / diffs.len() as f64;
+        let max = diffs.iter().copied().max().unwrap_or(0);
+        assert!(
+            mean < 0.25 && max <= 4,
+            "{name}: mean {mean:.2}, max {max} levels apart"
+        );
         // The next image decodes into the previous one's buffer: longer and full of garbage.
         let mut t = Transformer::new(48, CropMode::Rrc);
         t.recycle_decoded(Rgb {

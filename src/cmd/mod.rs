@@ -69,6 +69,18 @@ pub enum Command {
 
 /// Dispatches a parsed subcommand. Returns the process exit code on success.
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let codes_images = matches!(
+        command,
+        Command::Demo(_) | Command::Download(_) | Command::Train(_) | Command::Bench(_)
+    );
+    if codes_images && !wit_jpeg::SIMD {
+        tracing::warn!(
+            "libjpeg-turbo was built without its SIMD code (nasm was not on PATH at build time), \
+             so JPEGs decode and encode about 2x slower: install nasm \
+             (`bash scripts/setup-debian.sh nasm`), run `cargo clean -p mozjpeg-sys --release` \
+             and build again"
+        );
+    }
     match command {
         Command::Demo(a) => demo::run(a),
         Command::Testweb(a) => testweb::run(a),
