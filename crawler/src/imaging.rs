@@ -420,9 +420,13 @@ fn decode_jpeg(
     max_pixels: u64,
 ) -> Result<RgbImage, wit_jpeg::JpegError> {
     // The target is in displayed (oriented) axes; the DCT scales the stored ones.
-    let min_size = geom.map(|g| match swaps_axes(orientation) {
-        true => (g.resize_to.1, g.resize_to.0),
-        false => g.resize_to,
+    let min_size = geom.map(|g| {
+        let (w, h) = g.resize_to;
+        if swaps_axes(orientation) {
+            (h, w)
+        } else {
+            (w, h)
+        }
     });
     let options = wit_jpeg::DecodeOptions {
         min_size,

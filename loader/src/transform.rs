@@ -165,15 +165,8 @@ pub enum DecodeError {
     TooLarge,
 }
 
-/// An RGB image, interleaved.
-pub struct Rgb {
-    /// Width in pixels.
-    pub width: u32,
-    /// Height in pixels.
-    pub height: u32,
-    /// `width * height * 3` bytes.
-    pub pixels: Vec<u8>,
-}
+/// An RGB image, interleaved: the JPEG decoder's type, so its output needs no conversion.
+pub use wit_jpeg::Rgb;
 
 /// Decodes `bytes` to RGB. JPEGs go to libjpeg-turbo (`wit-jpeg`), shrunk by 8, 4 or 2 in the
 /// DCT domain while the short side stays at least `min_short`; CMYK and YCCK JPEGs, PNG and WebP
@@ -191,13 +184,7 @@ fn decode_rgb_into(bytes: &[u8], min_short: u32, buffer: Vec<u8>) -> Result<Rgb,
             max_pixels: MAX_PIXELS,
         };
         match wit_jpeg::decode_rgb(bytes, options, buffer) {
-            Ok(rgb) => {
-                return Ok(Rgb {
-                    width: rgb.width,
-                    height: rgb.height,
-                    pixels: rgb.pixels,
-                })
-            }
+            Ok(rgb) => return Ok(rgb),
             Err(wit_jpeg::JpegError::Unsupported(_)) => {}
             Err(wit_jpeg::JpegError::TooLarge { .. }) => return Err(DecodeError::TooLarge),
             Err(e) => return Err(DecodeError::Corrupt(e.to_string())),
