@@ -431,6 +431,7 @@ fn decode_jpeg(
     let options = wit_jpeg::DecodeOptions {
         min_size,
         max_pixels,
+        max_scans: wit_jpeg::MAX_SCANS,
     };
     let rgb = wit_jpeg::decode_rgb(bytes, options, Vec::new())?;
     Ok(RgbImage::from_raw(rgb.width, rgb.height, rgb.pixels).expect("decoder output is w*h RGB"))

@@ -22,6 +22,11 @@ pub const SIMD: bool = cfg!(jpeg_simd);
 /// JPEG's largest side (libjpeg's `JPEG_MAX_DIMENSION`).
 pub const MAX_SIDE: u32 = 65_500;
 
+/// The most scans a JPEG may have (zune-jpeg's default cap). A baseline file has one and a
+/// progressive one about ten; libjpeg itself has no limit, so a hostile progressive file that
+/// repeats its refinement scans thousands of times would otherwise cost a full pass each.
+pub const MAX_SCANS: usize = 100;
+
 /// Why a JPEG could not be decoded or encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JpegError {
@@ -66,6 +71,8 @@ pub struct DecodeOptions {
     pub min_size: Option<(u32, u32)>,
     /// Refuse a header that declares more pixels than this, before anything is allocated.
     pub max_pixels: u64,
+    /// Refuse a file with more start-of-scan markers than this ([`MAX_SCANS`] is the usual cap).
+    pub max_scans: usize,
 }
 
 /// Decodes a JPEG to RGB (greyscale expanded, Adobe RGB passed through), reusing `buffer`'s
@@ -85,6 +92,13 @@ fn decode_unguarded(
     mut buffer: Vec<u8>,
 ) -> Result<Rgb, JpegError> {
     let corrupt = |e: std::io::Error| JpegError::Corrupt(e.to_string());
+    let scans = count_scans(bytes);
+    if scans > options.max_scans {
+        return Err(JpegError::Corrupt(format!(
+            "{scans} scans, more than the cap of {}",
+            options.max_scans
+        )));
+    }
     let mut decompress = Decompress::new_mem(bytes).map_err(corrupt)?;
     let (width, height) = decompress.size();
     let (width, height) = (width as u32, height as u32);
@@ -114,6 +128,15 @@ fn decode_unguarded(
         height: out_height as u32,
         pixels: buffer,
     })
+}
+
+/// Start-of-scan markers (`FF DA`) in the file. Entropy-coded data cannot contain the pair (a
+/// data `FF` is followed by `00`), so this counts the scans, plus any the metadata happens to
+/// hold, such as an EXIF thumbnail's: an over-count, never an under-count.
+fn count_scans(bytes: &[u8]) -> usize {
+    memchr::memchr_iter(0xFF, bytes)
+        .filter(|&at| bytes.get(at + 1) == Some(&0xDA))
+        .count()
 }
 
 /// The largest of 8, 4 and 2 that keeps both sides of a `width`×`height` image at or above

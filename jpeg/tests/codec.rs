@@ -25,6 +25,7 @@ fn full_size() -> DecodeOptions {
     DecodeOptions {
         min_size: None,
         max_pixels: 1 << 30,
+        max_scans: wit_jpeg::MAX_SCANS,
     }
 }
 
@@ -221,8 +222,8 @@ fn a_header_over_the_pixel_cap_is_refused_before_decoding() {
     let mut huge = bytes.clone();
     huge[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]); // 60000×60000
     let options = DecodeOptions {
-        min_size: None,
         max_pixels: 89_478_485,
+        ..full_size()
     };
     assert_eq!(
         decode_rgb(&huge, options, Vec::new()),
@@ -265,4 +266,41 @@ fn sizes_jpeg_cannot_hold_and_short_buffers_are_encode_errors() {
         encode_rgb(&[0; 9], 2, 2, 90),
         Err(JpegError::Encode(_))
     ));
+}
+
+#[test]
+fn a_progressive_file_that_repeats_its_scans_is_refused_past_the_cap() {
+    let (w, h) = (96, 64);
+    let mut compress = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+    compress.set_size(w, h);
+    compress.set_quality(90.0);
+    compress.set_progressive_mode();
+    let mut started = compress.start_compress(Vec::new()).unwrap();
+    started.write_scanlines(&scene(w as u32, h as u32)).unwrap();
+    let progressive = started.finish().unwrap();
+    let sos = |b: &[u8]| b.windows(2).filter(|m| m == &[0xFF, 0xDA]).count();
+    assert!((2..=wit_jpeg::MAX_SCANS).contains(&sos(&progressive)));
+    assert!(decode_rgb(&progressive, full_size(), Vec::new()).is_ok());
+    // The last scan (a refinement) repeated 150 times before the end-of-image marker: libjpeg
+    // decodes every repetition, which is the denial of service the cap exists for.
+    let end = progressive.len() - 2;
+    let last = progressive
+        .windows(2)
+        .rposition(|m| m == [0xFF, 0xDA])
+        .unwrap();
+    let mut hostile = progressive[..end].to_vec();
+    for _ in 0..150 {
+        hostile.extend_from_slice(&progressive[last..end]);
+    }
+    hostile.extend_from_slice(&[0xFF, 0xD9]);
+    let uncapped = DecodeOptions {
+        max_scans: 1_000,
+        ..full_size()
+    };
+    let decoded = decode_rgb(&hostile, uncapped, Vec::new()).unwrap();
+    assert_eq!((decoded.width, decoded.height), (w as u32, h as u32));
+    match decode_rgb(&hostile, full_size(), Vec::new()) {
+        Err(JpegError::Corrupt(message)) => assert!(message.contains("scans"), "{message}"),
+        other => panic!("{other:?}"),
+    }
 }

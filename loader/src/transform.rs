@@ -182,6 +182,7 @@ fn decode_rgb_into(bytes: &[u8], min_short: u32, buffer: Vec<u8>) -> Result<Rgb,
         let options = wit_jpeg::DecodeOptions {
             min_size: Some((min_short, min_short)),
             max_pixels: MAX_PIXELS,
+            max_scans: wit_jpeg::MAX_SCANS,
         };
         match wit_jpeg::decode_rgb(bytes, options, buffer) {
             Ok(rgb) => return Ok(rgb),
