@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build, the tests or the benchmarks need, those missing only:
 #   nasm      assembles libjpeg-turbo's SIMD code when `wit-jpeg` is built (without it the build
-#             still works, and JPEGs decode and encode about 2× slower);
+#             still works, and JPEGs decode 1.6× and encode 4.5× slower);
 #   chromium  headless, for the `wit stats` HTML report test (it opens report.html and checks
 #             for console errors and a non-blank screenshot).
 # Usage: bash scripts/setup-debian.sh nasm chromium. Needs root (or sudo) and the Debian mirrors.

@@ -561,16 +561,10 @@ fn encode(rgb: &RgbImage, opts: &ImageOptions) -> Result<EncodedImage, ImageErro
     let (w, h) = rgb.dimensions();
     let mut bytes = Vec::new();
     match opts.encode_format {
+        // wit-jpeg's errors say what to do (an image too large for JPEG: resize it or write PNG).
         ImageFormat::Jpg => {
-            if w > wit_jpeg::MAX_SIDE || h > wit_jpeg::MAX_SIDE {
-                return Err(ImageError::FailedToResize(format!(
-                    "{w}x{h} is too large for JPEG ({} px per side); \
-                     use a resize mode or --encode-format png",
-                    wit_jpeg::MAX_SIDE
-                )));
-            }
             bytes = wit_jpeg::encode_rgb(rgb.as_raw(), w, h, opts.encode_quality)
-                .map_err(|e| failed("cannot encode JPEG", e))?;
+                .map_err(|e| ImageError::FailedToResize(e.to_string()))?
         }
         ImageFormat::Png => {
             use image::ImageEncoder;
@@ -1136,5 +1130,19 @@ pub(crate) mod tests {
             assert_eq!(ImageFormat::from_magic(&p.image.bytes), Some(format));
             assert_eq!(decode_output(&p).as_raw(), pic.to_rgb8().as_raw());
         }
+    }
+
+    #[test]
+    fn an_image_too_wide_for_jpeg_fails_with_what_to_do() {
+        let wide = encoded(
+            &DynamicImage::ImageRgb8(picture(70_000, 2, 7)),
+            image::ImageFormat::Png,
+        );
+        let err = process(&wide, &opts(ResizeMode::No, 256)).unwrap_err();
+        assert_eq!(err.status(), Status::FailedToResize);
+        assert!(
+            err.to_string().contains("resize it first or write PNG"),
+            "{err}"
+        );
     }
 }

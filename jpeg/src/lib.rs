@@ -16,7 +16,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use mozjpeg::{ColorSpace, Compress, Decompress};
 
 /// Whether libjpeg-turbo was built with its SIMD kernels. mozjpeg-sys needs `nasm` on PATH at
-/// build time for them and silently builds plain C without it, which codes JPEGs about 2× slower.
+/// build time for them and silently builds plain C without it, which decoded the benchmark's
+/// photos 1.6× and encoded them 4.5× slower here (slower than the pure-Rust codecs).
 pub const SIMD: bool = cfg!(jpeg_simd);
 
 /// JPEG's largest side (libjpeg's `JPEG_MAX_DIMENSION`).
@@ -132,7 +133,8 @@ fn decode_unguarded(
 
 /// Start-of-scan markers (`FF DA`) in the file. Entropy-coded data cannot contain the pair (a
 /// data `FF` is followed by `00`), so this counts the scans, plus any the metadata happens to
-/// hold, such as an EXIF thumbnail's: an over-count, never an under-count.
+/// hold, such as an EXIF thumbnail's: an over-count, never an under-count. One SIMD pass over
+/// the bytes: 0.9 µs for a 23 KB photo, against 217 µs to decode it.
 fn count_scans(bytes: &[u8]) -> usize {
     memchr::memchr_iter(0xFF, bytes)
         .filter(|&at| bytes.get(at + 1) == Some(&0xDA))

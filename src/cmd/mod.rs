@@ -76,7 +76,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     if codes_images && !wit_jpeg::SIMD {
         tracing::warn!(
             "libjpeg-turbo was built without its SIMD code (nasm was not on PATH at build time), \
-             so JPEGs decode and encode about 2x slower: install nasm \
+             so JPEGs decode 1.6x and encode 4.5x slower: install nasm \
              (`bash scripts/setup-debian.sh nasm`), run `cargo clean -p mozjpeg-sys --release` \
              and build again"
         );
