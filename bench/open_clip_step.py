@@ -1,7 +1,7 @@
 """open_clip's training step on synthetic pairs: the peer `wit bench train` is compared with on a GPU.
 
 Same work as `wit bench train`: Gaussian images, captions of `--caption-tokens` random ids between
-the start and end tokens, zero-padded to 77; symmetric CLIP loss; AdamW (betas 0.9/0.98, eps 1e-6,
+the start and end tokens, zero-padded to the context length (77); symmetric CLIP loss; AdamW (betas 0.9/0.98, eps 1e-6,
 weight decay 0.2 off gains, biases and logit_scale); gradient clipping at norm 1; logit_scale
 clamped to ln(100). `--precision amp_bf16` is open_clip's bf16 autocast over f32 master weights,
 wit's CUDA default. Prints `samples/s: N` and `peak_mem_mib: N` (torch's allocator peak).
@@ -18,6 +18,10 @@ import torch
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="ViT-B-32")
+    p.add_argument(
+        "--model-config",
+        help="an open_clip model JSON to register first (its file name without .json is --model)",
+    )
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup-steps", type=int, default=3)
@@ -32,7 +36,8 @@ def synthetic_batch(model_cfg, args, device):
     vocab = model_cfg["text_cfg"].get("vocab_size", 49408)
     g = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch_size, 3, side, side, generator=g)
-    tokens = torch.zeros(args.batch_size, 77, dtype=torch.long)
+    context = model_cfg["text_cfg"].get("context_length", 77)
+    tokens = torch.zeros(args.batch_size, context, dtype=torch.long)
     tokens[:, 0] = vocab - 2
     n = args.caption_tokens
     tokens[:, 1 : n + 1] = torch.randint(1, vocab - 2, (args.batch_size, n), generator=g)
@@ -54,6 +59,8 @@ def optimizer(model):
 def main():
     args = parse_args()
     device = torch.device(args.device)
+    if args.model_config:
+        open_clip.add_model_config(args.model_config)
     model = open_clip.create_model(args.model, device=device, precision="fp32")
     model.train()
     images, tokens = synthetic_batch(open_clip.get_model_config(args.model), args, device)

@@ -52,6 +52,15 @@ fn write_shard(dir: &Path, name: &str, n: usize, seed: u64, restyled: bool) -> V
     captions
 }
 
+/// Each tensor's shape in a safetensors file, as Python reads its header.
+fn safetensors_shapes(path: &Path) -> serde_json::Value {
+    let header = python(
+        "import json, struct, sys\nb = open(sys.argv[1], 'rb').read()\nn = struct.unpack('<Q', b[:8])[0]\nh = json.loads(b[8:8 + n])\nprint(json.dumps({k: v['shape'] for k, v in h.items() if k != '__metadata__'}))",
+        &[path.to_str().unwrap()],
+    );
+    serde_json::from_str(&header).unwrap()
+}
+
 #[test]
 fn train_writes_a_hugging_face_checkpoint_and_eval_reports_the_documented_json() {
     let tmp = scratch();
@@ -112,11 +121,7 @@ fn train_writes_a_hugging_face_checkpoint_and_eval_reports_the_documented_json()
         })
         .collect();
     assert_eq!(steps, [1, 2, 3]);
-    let header = python(
-        "import json, struct, sys\nb = open(sys.argv[1], 'rb').read()\nn = struct.unpack('<Q', b[:8])[0]\nh = json.loads(b[8:8 + n])\nprint(json.dumps({k: v['shape'] for k, v in h.items() if k != '__metadata__'}))",
-        &[out.join("model.safetensors").to_str().unwrap()],
-    );
-    let shapes: serde_json::Value = serde_json::from_str(&header).unwrap();
+    let shapes = safetensors_shapes(&out.join("model.safetensors"));
     assert_eq!(
         shapes["vision_model.embeddings.patch_embedding.weight"],
         serde_json::json!([128, 3, 8, 8])
@@ -177,4 +182,74 @@ fn train_writes_a_hugging_face_checkpoint_and_eval_reports_the_documented_json()
         assert!((0.0..=1.0).contains(&a));
     }
     assert!(report["zero_shot"]["n"].as_u64().unwrap() > 0, "{report}");
+}
+
+#[test]
+fn a_resnet_image_tower_trains_and_evaluates_through_the_cli() {
+    let tmp = scratch();
+    let data = tmp.path();
+    write_shard(data, "train-0", 24, 3, false);
+    write_shard(data, "eval-0", 12, 4, false);
+    let out = data.join("run");
+    let shard = data.join("train-0.tar");
+    wit_ok(&[
+        "train",
+        "--data",
+        shard.to_str().unwrap(),
+        "--config",
+        "tiny-rn",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--warmup",
+        "1",
+        "--vocab-size",
+        "300",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let shapes = safetensors_shapes(&out.join("model.safetensors"));
+    // open_clip's ModifiedResNet names, running statistics included; the text tower keeps HF's.
+    assert_eq!(
+        shapes["visual.conv1.weight"],
+        serde_json::json!([8, 3, 3, 3])
+    );
+    assert_eq!(
+        shapes["visual.layer4.0.bn3.running_var"],
+        serde_json::json!([512])
+    );
+    assert_eq!(
+        shapes["visual.attnpool.c_proj.weight"],
+        serde_json::json!([128, 512])
+    );
+    assert!(shapes.get("text_model.final_layer_norm.weight").is_some());
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["open_clip"]["vision_cfg"]["layers"],
+        serde_json::json!([1, 1, 1, 1])
+    );
+    assert!(
+        config.get("model_type").is_none(),
+        "transformers has no ResNet CLIP: {config}"
+    );
+
+    let json = data.join("eval.json");
+    wit_ok(&[
+        "eval",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--data",
+        data.join("eval-0.tar").to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(report["n"].as_u64().unwrap() >= 10, "{report}");
+    let r10 = report["text_to_image"]["r10"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&r10), "{report}");
 }

@@ -23,7 +23,8 @@ pub struct Args {
     /// `shardindex.json`, or http(s) URLs. Repeatable.
     #[arg(long, required = true, num_args = 1..)]
     pub data: Vec<String>,
-    /// Model: `tiny`, `vit-s-32`, `vit-b-32`, `vit-b-16`, or an open_clip model JSON file.
+    /// Model: `tiny`, `tiny-rn`, `vit-s-32`, `vit-b-32`, `vit-b-16`, `rn50` (ResNet-50), or an
+    /// open_clip model JSON file (a list of four `layers` makes a ResNet image tower).
     #[arg(long, default_value = "tiny")]
     pub config: String,
     /// A Hugging Face `tokenizer.json`; without it a byte-level BPE is trained on the shards' captions.

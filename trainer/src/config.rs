@@ -10,13 +10,18 @@ use std::path::Path;
 pub struct VisionConfig {
     /// Side of the square input image in pixels.
     pub image_size: usize,
-    /// Number of transformer blocks.
-    pub layers: usize,
-    /// Token width.
+    /// A number: a ViT with that many transformer blocks. Four numbers: open_clip's
+    /// `ModifiedResNet` with that many bottleneck blocks per stage (RN50: `[3, 4, 6, 3]`).
+    pub layers: VisionLayers,
+    /// ViT: token width. ResNet: channels after the stem (the stages run at 4, 8, 16 and 32
+    /// times this; the attention pool at 32 times).
     pub width: usize,
-    /// Side of a square patch in pixels; `image_size` must be a multiple of it.
-    pub patch_size: usize,
-    /// Attention heads; `width` must be a multiple of it.
+    /// ViT: side of a square patch in pixels; `image_size` must be a multiple of it. `null` for a
+    /// ResNet, as in open_clip's `RN50.json`.
+    #[serde(default)]
+    pub patch_size: Option<usize>,
+    /// Attention heads (ViT blocks, or the ResNet's attention pool); `width` must be a multiple
+    /// of it.
     #[serde(default)]
     pub heads: Option<usize>,
     /// Hidden width of the MLP as a multiple of `width` (open_clip: 4.0).
@@ -28,6 +33,18 @@ pub struct VisionConfig {
     /// How the (learnable) positional embedding starts.
     #[serde(default)]
     pub pos_embed_init: PosEmbedInit,
+}
+
+/// Which image tower a config describes, told apart the way open_clip tells them apart: by
+/// whether `vision_cfg.layers` is a number or a list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum VisionLayers {
+    /// A ViT with this many pre-LN transformer blocks.
+    Transformer(usize),
+    /// A `ModifiedResNet` (CLIP's ResNet: three-convolution stem, anti-aliased strided
+    /// bottlenecks, attention pooling) with this many bottleneck blocks in each of four stages.
+    ResNet([usize; 4]),
 }
 
 /// The positional embedding's starting values. It is trained either way.
@@ -87,25 +104,43 @@ fn default_head_width() -> usize {
     64
 }
 
+/// How many times a `ModifiedResNet` halves the image's side before attention pooling.
+pub const RESNET_REDUCTION: usize = 32;
+
 impl VisionConfig {
+    /// Width of the tokens attention reads: the ViT's width, or the ResNet's last stage
+    /// (`32 × width`, what its attention pool reads).
+    pub fn attention_width(&self) -> usize {
+        match self.layers {
+            VisionLayers::Transformer(_) => self.width,
+            VisionLayers::ResNet(_) => self.width * RESNET_REDUCTION,
+        }
+    }
+
     /// Attention heads, derived from `head_width` when the JSON gives none (open_clip's rule).
     pub fn num_heads(&self) -> usize {
         self.heads
-            .unwrap_or(self.width / self.head_width.max(1))
+            .unwrap_or(self.attention_width() / self.head_width.max(1))
             .max(1)
     }
 
-    /// Patches along one side of the image.
+    /// Positions along one side of the grid attention reads: patches for a ViT, the last
+    /// stage's cells for a ResNet.
     pub fn grid(&self) -> usize {
-        self.image_size / self.patch_size
+        match self.layers {
+            VisionLayers::Transformer(_) => self.image_size / self.patch_size.unwrap_or(1).max(1),
+            VisionLayers::ResNet(_) => self.image_size / RESNET_REDUCTION,
+        }
     }
 }
 
 /// Names of the built-in configurations `ClipConfig::named` knows.
-pub const BUILTIN_CONFIGS: [&str; 4] = ["tiny", "vit-s-32", "vit-b-32", "vit-b-16"];
+pub const BUILTIN_CONFIGS: [&str; 6] = [
+    "tiny", "tiny-rn", "vit-s-32", "vit-b-32", "vit-b-16", "rn50",
+];
 
 impl ClipConfig {
-    /// Resolves a built-in name (`tiny`, `vit-s-32`, `vit-b-32`, `vit-b-16`) or a path to an open_clip
+    /// Resolves a built-in name (`BUILTIN_CONFIGS`) or a path to an open_clip
     /// style JSON file, so the command line takes either.
     pub fn resolve(name_or_path: &str) -> Result<ClipConfig, TrainError> {
         match ClipConfig::named(name_or_path) {
@@ -132,8 +167,9 @@ impl ClipConfig {
         Ok(cfg)
     }
 
-    /// The built-in configurations: `tiny` is sized so the demo learns on two CPU cores in minutes;
-    /// the others are open_clip's ViT-S/32, ViT-B/32 and ViT-B/16.
+    /// The built-in configurations: `tiny` is sized so the demo learns on two CPU cores in minutes,
+    /// `tiny-rn` is its ResNet counterpart; the others are open_clip's ViT-S/32, ViT-B/32,
+    /// ViT-B/16 and RN50.
     pub fn named(name: &str) -> Option<ClipConfig> {
         let text = |width, heads, layers| TextConfig {
             context_length: 77,
@@ -146,13 +182,19 @@ impl ClipConfig {
         };
         let vision = |image_size, patch_size, width, layers, heads| VisionConfig {
             image_size,
-            layers,
+            layers: VisionLayers::Transformer(layers),
             width,
-            patch_size,
+            patch_size: Some(patch_size),
             heads,
             mlp_ratio: 4.0,
             head_width: 64,
             pos_embed_init: PosEmbedInit::Random,
+        };
+        let resnet = |image_size, stages, width| VisionConfig {
+            layers: VisionLayers::ResNet(stages),
+            patch_size: None,
+            heads: None,
+            ..vision(image_size, 1, width, 0, None)
         };
         let cfg = match name {
             "tiny" => ClipConfig {
@@ -165,6 +207,21 @@ impl ClipConfig {
                     context_length: 32,
                     ..text(128, 4, 4)
                 },
+                quick_gelu: false,
+            },
+            "tiny-rn" => ClipConfig {
+                embed_dim: 128,
+                vision_cfg: resnet(64, [1, 1, 1, 1], 16),
+                text_cfg: TextConfig {
+                    context_length: 32,
+                    ..text(128, 4, 4)
+                },
+                quick_gelu: false,
+            },
+            "rn50" => ClipConfig {
+                embed_dim: 1024,
+                vision_cfg: resnet(224, [3, 4, 6, 3], 64),
+                text_cfg: text(512, 8, 12),
                 quick_gelu: false,
             },
             "vit-s-32" => ClipConfig {
@@ -194,14 +251,30 @@ impl ClipConfig {
     pub fn validate(&self) -> Result<(), TrainError> {
         let v = &self.vision_cfg;
         let t = &self.text_cfg;
+        let (vit, resnet) = match v.layers {
+            VisionLayers::Transformer(layers) => (Some(layers), None),
+            VisionLayers::ResNet(stages) => (None, Some(stages)),
+        };
+        let patch_ok = |p: usize| p > 0 && v.image_size.is_multiple_of(p);
         let problems = [
             (
-                v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size),
-                "vision_cfg.image_size must be a multiple of vision_cfg.patch_size",
+                vit.is_some() && !v.patch_size.is_some_and(patch_ok),
+                "vision_cfg.patch_size must be given and divide vision_cfg.image_size (a ViT)",
             ),
             (
-                !v.width.is_multiple_of(v.num_heads()),
-                "vision_cfg.width must be a multiple of vision_cfg.heads",
+                resnet.is_some()
+                    && (v.image_size == 0 || !v.image_size.is_multiple_of(RESNET_REDUCTION)),
+                "vision_cfg.image_size must be a positive multiple of 32 (a ResNet halves it five times)",
+            ),
+            (
+                resnet.is_some_and(|s| {
+                    s.contains(&0) || v.width < 2 || !v.width.is_multiple_of(2)
+                }),
+                "a ResNet needs at least one block per stage and an even vision_cfg.width",
+            ),
+            (
+                !v.attention_width().is_multiple_of(v.num_heads()),
+                "vision_cfg.width (times 32 for a ResNet) must be a multiple of vision_cfg.heads",
             ),
             (
                 t.heads == 0 || !t.width.is_multiple_of(t.heads),
@@ -212,7 +285,7 @@ impl ClipConfig {
                 "text_cfg.context_length and vocab_size must be positive",
             ),
             (
-                self.embed_dim == 0 || v.layers == 0 || t.layers == 0,
+                self.embed_dim == 0 || vit == Some(0) || t.layers == 0,
                 "embed_dim and layer counts must be positive",
             ),
         ];
@@ -232,8 +305,10 @@ impl ClipConfig {
         (self.text_cfg.width as f64 * self.text_cfg.mlp_ratio) as usize
     }
 
-    /// A Hugging Face `CLIPModel` `config.json` for this model, so the exported weights load with
-    /// `transformers` (the open_clip form rides along under `"open_clip"`).
+    /// A Hugging Face `CLIPModel` `config.json` for this model, so exported ViT weights load with
+    /// `transformers` (the open_clip form rides along under `"open_clip"`). transformers has no
+    /// ResNet CLIP: a ResNet's file has no `architectures` or `vision_config`, only the open_clip
+    /// form and the text tower's part.
     pub fn hf_config_json(&self) -> serde_json::Value {
         let act = if self.quick_gelu {
             "quick_gelu"
@@ -242,28 +317,37 @@ impl ClipConfig {
         };
         let v = &self.vision_cfg;
         let t = &self.text_cfg;
+        let text_config = serde_json::json!({
+            "hidden_size": t.width,
+            "intermediate_size": self.text_mlp(),
+            "num_attention_heads": t.heads,
+            "num_hidden_layers": t.layers,
+            "max_position_embeddings": t.context_length,
+            "vocab_size": t.vocab_size,
+            "hidden_act": act,
+            "layer_norm_eps": crate::model::LN_EPS,
+            "projection_dim": self.embed_dim,
+            "eos_token_id": t.eot_token_id.unwrap_or(t.vocab_size.saturating_sub(1) as u32),
+        });
+        let VisionLayers::Transformer(layers) = v.layers else {
+            return serde_json::json!({
+                "projection_dim": self.embed_dim,
+                "logit_scale_init_value": crate::model::LOGIT_SCALE_INIT,
+                "text_config": text_config,
+                "open_clip": self,
+            });
+        };
         serde_json::json!({
             "architectures": ["CLIPModel"],
             "model_type": "clip",
             "projection_dim": self.embed_dim,
             "logit_scale_init_value": crate::model::LOGIT_SCALE_INIT,
-            "text_config": {
-                "hidden_size": t.width,
-                "intermediate_size": self.text_mlp(),
-                "num_attention_heads": t.heads,
-                "num_hidden_layers": t.layers,
-                "max_position_embeddings": t.context_length,
-                "vocab_size": t.vocab_size,
-                "hidden_act": act,
-                "layer_norm_eps": crate::model::LN_EPS,
-                "projection_dim": self.embed_dim,
-                "eos_token_id": t.eot_token_id.unwrap_or(t.vocab_size.saturating_sub(1) as u32),
-            },
+            "text_config": text_config,
             "vision_config": {
                 "hidden_size": v.width,
                 "intermediate_size": self.vision_mlp(),
                 "num_attention_heads": v.num_heads(),
-                "num_hidden_layers": v.layers,
+                "num_hidden_layers": layers,
                 "image_size": v.image_size,
                 "patch_size": v.patch_size,
                 "num_channels": 3,

@@ -1,12 +1,12 @@
 //! Fused CPU kernels, each with a hand-written backward pass, for the layers of a small
 //! transformer whose candle graphs cost more than their arithmetic: exact-erf GELU, LayerNorm,
-//! linear layers with a bias, and (causal) scaled dot-product attention.
+//! linear layers with a bias, and (causal) scaled dot-product attention; and the ResNet's im2col.
 //!
 //! candle's own fused versions have no backward (the graph is silently cut), and the same layers
 //! spelled out in plain ops take 5–12 passes over memory each way: GELU's backward alone is a dozen
 //! elementwise ops over the widest activation, and every graph node's gradient is a fresh zeroed
 //! buffer plus an add. Here each layer is one op forward and one backward, parallel over rows or
-//! heads. With the `cuda` feature, the same four ops run on CUDA (`crate::cuda`), in f32 or bf16:
+//! heads. With the `cuda` feature, the first four run on CUDA (`crate::cuda`), in f32 or bf16:
 //! one graph node each, with cuBLAS for the products and wit's kernels for the rest.
 //! Other devices and dtypes take the plain-op graphs, which compute the same function; tests check
 //! in f64 that both paths give the same values and the same gradients, and on a GPU that the CUDA
@@ -442,6 +442,188 @@ impl CustomOp3 for LayerNormGrad {
     }
 }
 
+/// The patches of a square convolution over NHWC `x` (zero padding `k / 2`, stride `stride`):
+/// `(B, Ho, Wo, k·k·C)`, each row the `(ky, kx, c)` window of one output pixel, so a convolution
+/// is this times its weight as a `(k·k·C, out)` matrix. The backward sums each window's gradient
+/// back onto the pixels it read. The CPU op is one pass each way; the plain-op graph (padding,
+/// k² shifted slices, a concatenation, and k² zero-padded gradients summed) takes ~4k² passes.
+pub fn im2col(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
+    if fusable(x) {
+        return x.contiguous()?.apply_op1(Im2Col { k, stride });
+    }
+    plain_im2col(x, k, stride)
+}
+
+/// `im2col` from plain ops, for devices and dtypes the CPU kernel does not take.
+fn plain_im2col(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
+    let g = Window::of(x.dims(), k, stride)?;
+    let s = stride;
+    // The far end is padded to cover the last tap's `s * ho` rows (strided: one past the last
+    // row read, which the strided pick drops).
+    let x = x
+        .pad_with_zeros(1, g.pad, (k - 1 + s * g.ho).saturating_sub(g.h + g.pad))?
+        .pad_with_zeros(2, g.pad, (k - 1 + s * g.wo).saturating_sub(g.w + g.pad))?;
+    let mut taps = Vec::with_capacity(k * k);
+    for dy in 0..k {
+        for dx in 0..k {
+            let tap = x.narrow(1, dy, s * g.ho)?.narrow(2, dx, s * g.wo)?;
+            taps.push(match s {
+                1 => tap,
+                _ => tap
+                    .reshape((g.b, g.ho, s, g.wo, s, g.c))?
+                    .narrow(4, 0, 1)?
+                    .narrow(2, 0, 1)?
+                    .reshape((g.b, g.ho, g.wo, g.c))?,
+            });
+        }
+    }
+    Tensor::cat(&taps, 3)
+}
+
+/// The geometry of a square convolution window over an NHWC batch.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    b: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Window {
+    fn of(dims: &[usize], k: usize, stride: usize) -> Result<Window> {
+        let &[b, h, w, c] = dims else {
+            candle_core::bail!("im2col: expected NHWC, got shape {dims:?}")
+        };
+        let pad = k / 2;
+        if k == 0 || stride == 0 || h + 2 * pad < k || w + 2 * pad < k {
+            candle_core::bail!("im2col: a {k}x{k} window (stride {stride}) does not fit {h}x{w}")
+        }
+        let (ho, wo) = (
+            (h + 2 * pad - k) / stride + 1,
+            (w + 2 * pad - k) / stride + 1,
+        );
+        Ok(Window {
+            b,
+            h,
+            w,
+            c,
+            k,
+            stride,
+            pad,
+            ho,
+            wo,
+        })
+    }
+
+    /// The input coordinate tap `t` of output coordinate `o` reads, if inside the image.
+    fn input(&self, o: usize, t: usize, size: usize) -> Option<usize> {
+        (o * self.stride + t)
+            .checked_sub(self.pad)
+            .filter(|&i| i < size)
+    }
+
+    /// The output coordinate whose tap `t` reads input coordinate `i`, if any.
+    fn output(&self, i: usize, t: usize, size: usize) -> Option<usize> {
+        let shifted = (i + self.pad).checked_sub(t)?;
+        (shifted % self.stride == 0)
+            .then_some(shifted / self.stride)
+            .filter(|&o| o < size)
+    }
+}
+
+fn im2col_fwd<T: Real>(x: &[T], g: Window) -> Vec<T> {
+    let (k, c) = (g.k, g.c);
+    let row = g.wo * k * k * c;
+    let mut out = vec![T::zero(); g.b * g.ho * row];
+    out.par_chunks_mut(row).enumerate().for_each(|(r, out)| {
+        let (image, oy) = (r / g.ho, r % g.ho);
+        for ox in 0..g.wo {
+            for ky in 0..k {
+                let Some(iy) = g.input(oy, ky, g.h) else {
+                    continue;
+                };
+                for kx in 0..k {
+                    let Some(ix) = g.input(ox, kx, g.w) else {
+                        continue;
+                    };
+                    let src = ((image * g.h + iy) * g.w + ix) * c;
+                    let dst = ((ox * k + ky) * k + kx) * c;
+                    out[dst..dst + c].copy_from_slice(&x[src..src + c]);
+                }
+            }
+        }
+    });
+    out
+}
+
+/// The backward of `im2col_fwd`, gathered per input row so rows are filled in parallel.
+fn col2im<T: Real>(dcols: &[T], g: Window) -> Vec<T> {
+    let (k, c) = (g.k, g.c);
+    let mut dx = vec![T::zero(); g.b * g.h * g.w * c];
+    dx.par_chunks_mut(g.w * c).enumerate().for_each(|(r, dx)| {
+        let (image, iy) = (r / g.h, r % g.h);
+        for ky in 0..k {
+            let Some(oy) = g.output(iy, ky, g.ho) else {
+                continue;
+            };
+            for kx in 0..k {
+                for ix in 0..g.w {
+                    let Some(ox) = g.output(ix, kx, g.wo) else {
+                        continue;
+                    };
+                    let src = ((((image * g.ho + oy) * g.wo + ox) * k + ky) * k + kx) * c;
+                    let dst = &mut dx[ix * c..(ix + 1) * c];
+                    dst.iter_mut()
+                        .zip(&dcols[src..src + c])
+                        .for_each(|(d, &v)| *d += v);
+                }
+            }
+        }
+    });
+    dx
+}
+
+struct Im2Col {
+    k: usize,
+    stride: usize,
+}
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "wit-im2col"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = Window::of(l.dims(), self.k, self.stride)?;
+        let out = float_kernel!("im2col", s, im2col_fwd(slice(s, l)?, g));
+        Ok((out, Shape::from((g.b, g.ho, g.wo, g.k * g.k * g.c))))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let g = Window::of(x.dims(), self.k, self.stride)?;
+        Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&Col2Im(g))?))
+    }
+}
+
+struct Col2Im(Window);
+
+impl CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "wit-col2im"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let out = float_kernel!("im2col backward", s, col2im(slice(s, l)?, g));
+        Ok((out, Shape::from((g.b, g.h, g.w, g.c))))
+    }
+}
+
 /// Softmax from plain ops, for devices and dtypes the fused kernel does not take.
 fn plain_softmax_last(x: &Tensor, causal: bool) -> Result<Tensor> {
     let dtype = x.dtype();
@@ -804,7 +986,7 @@ impl CustomOp2 for AttentionGrad {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::Var;
 
@@ -820,7 +1002,8 @@ mod tests {
             .unwrap()
     }
 
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    /// The largest absolute elementwise difference of two tensors of one shape.
+    pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         (a - b)
             .unwrap()
             .abs()
@@ -886,6 +1069,25 @@ mod tests {
             &t[0] * cdf
         };
         assert_matches_plain(|t| gelu(&t[0]), exact, &[x]);
+    }
+
+    #[test]
+    fn im2col_and_its_gradient_match_the_plain_ops() {
+        // Odd and even sides, strides 1 and 2, 1×1 and 3×3 windows: every border case.
+        for (h, w, k, stride) in [
+            (8, 8, 3, 2),
+            (7, 5, 3, 2),
+            (6, 9, 3, 1),
+            (5, 4, 1, 1),
+            (4, 4, 3, 3),
+        ] {
+            let x = random(&[2, h, w, 3], 12, DType::F64);
+            assert_matches_plain(
+                |t| im2col(&t[0], k, stride),
+                |t| plain_im2col(&t[0], k, stride),
+                &[x],
+            );
+        }
     }
 
     #[test]

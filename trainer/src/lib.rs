@@ -1,5 +1,5 @@
-//! CLIP training in candle: the model (ViT image tower + causal text transformer, HF CLIP weight
-//! names), open_clip's contrastive training recipe, checkpoints that resume exactly, and the
+//! CLIP training in candle: the model (ViT or ResNet image tower + causal text transformer, HF
+//! CLIP weight names), open_clip's contrastive training recipe, checkpoints that resume exactly, and the
 //! retrieval / zero-shot metrics `wit eval` reports. Library code never prints: callers get a
 //! `StepStats` per step through a callback.
 
@@ -11,12 +11,13 @@ pub mod eval;
 mod fused;
 pub mod model;
 pub mod optim;
+mod resnet;
 pub mod train;
 
 /// candle, re-exported so callers build tensors and devices with the exact version the model uses.
 pub use candle_core as candle;
 pub use checkpoint::{export, load_model};
-pub use config::{ClipConfig, PosEmbedInit, TextConfig, VisionConfig};
+pub use config::{ClipConfig, PosEmbedInit, TextConfig, VisionConfig, VisionLayers};
 pub use eval::{retrieval, text_to_image_misses, zero_shot_accuracy, Miss, Recall, Retrieval};
 pub use fused::use_cuda_kernels;
 pub use model::{clip_loss, ClipModel};

@@ -1,13 +1,15 @@
-//! CLIP written from differentiable candle ops: a ViT image tower and a causal text transformer
-//! whose parameters carry Hugging Face `CLIPModel` names, so export is a plain save.
+//! CLIP written from differentiable candle ops: a ViT image tower (or the ResNet of `resnet`) and a
+//! causal text transformer whose parameters carry Hugging Face `CLIPModel` names, so export is a
+//! plain save.
 //!
 //! candle 0.11's fused `LayerNorm`, `layer_norm`, `softmax_last_dim` and `sdpa` have no backward; this
 //! module uses none of them. LayerNorm, attention, GELU and biased linear layers come from `fused`,
 //! whose CPU kernels carry their own backward passes; the gradient test checks every parameter
 //! still learns.
 
-use crate::config::{ClipConfig, PosEmbedInit};
+use crate::config::{ClipConfig, PosEmbedInit, VisionLayers};
 use crate::fused;
+use crate::resnet::{Mode, ResNetTower};
 use crate::TrainError;
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
@@ -26,7 +28,7 @@ pub const LOGIT_SCALE_MAX: f64 = 4.605_170_185_988_092;
 type CResult<T> = candle_core::Result<T>;
 
 /// Casts a master weight to the compute dtype; a no-op when they match, so f32 training pays nothing.
-fn cast(t: &Tensor, dtype: DType) -> CResult<Tensor> {
+pub(crate) fn cast(t: &Tensor, dtype: DType) -> CResult<Tensor> {
     if t.dtype() == dtype {
         Ok(t.clone())
     } else {
@@ -64,9 +66,12 @@ fn sin_cos_2d(grid: usize, width: usize, scale: f64) -> Vec<f64> {
 
 /// Creates the named parameters with a seeded generator, so two runs with one seed start identical
 /// (candle cannot seed its CPU generator).
-struct ParamBuilder {
+pub(crate) struct ParamBuilder {
     rng: ChaCha8Rng,
     vars: BTreeMap<String, Var>,
+    /// State the forward pass keeps but the optimiser never touches (BatchNorm's running
+    /// statistics), in the masters' dtype. When rebuilding, the existing ones are reused.
+    buffers: BTreeMap<String, Var>,
     dtype: DType,
     device: Device,
     /// When rebuilding a model's layers over tensors it already has: each parameter's tensor by
@@ -75,6 +80,30 @@ struct ParamBuilder {
 }
 
 impl ParamBuilder {
+    /// A builder for unit tests of single layers, on the CPU.
+    #[cfg(test)]
+    pub(crate) fn for_tests(dtype: DType) -> ParamBuilder {
+        ParamBuilder {
+            rng: ChaCha8Rng::seed_from_u64(0),
+            vars: BTreeMap::new(),
+            buffers: BTreeMap::new(),
+            dtype,
+            device: Device::Cpu,
+            reuse: None,
+        }
+    }
+
+    /// The buffer `name` filled with `value`, or the existing one when rebuilding.
+    pub(crate) fn buffer(&mut self, name: &str, shape: &[usize], value: f64) -> CResult<Var> {
+        if let Some(var) = self.buffers.get(name) {
+            return Ok(var.clone());
+        }
+        let t = Tensor::full(value, shape, &self.device)?.to_dtype(self.dtype)?;
+        let var = Var::from_tensor(&t)?;
+        self.buffers.insert(name.to_string(), var.clone());
+        Ok(var)
+    }
+
     /// The tensor to reuse for `name`, when rebuilding.
     fn reused(&self, name: &str) -> CResult<Option<Tensor>> {
         let Some(reuse) = &self.reuse else {
@@ -88,7 +117,7 @@ impl ParamBuilder {
         }
     }
 
-    fn add(&mut self, name: &str, shape: &[usize], values: Vec<f64>) -> CResult<Tensor> {
+    pub(crate) fn add(&mut self, name: &str, shape: &[usize], values: Vec<f64>) -> CResult<Tensor> {
         if let Some(t) = self.reused(name)? {
             return Ok(t);
         }
@@ -101,7 +130,7 @@ impl ParamBuilder {
         Ok(tensor)
     }
 
-    fn randn(&mut self, name: &str, shape: &[usize], std: f64) -> CResult<Tensor> {
+    pub(crate) fn randn(&mut self, name: &str, shape: &[usize], std: f64) -> CResult<Tensor> {
         if let Some(t) = self.reused(name)? {
             return Ok(t);
         }
@@ -110,7 +139,7 @@ impl ParamBuilder {
         self.add(name, shape, values)
     }
 
-    fn constant(&mut self, name: &str, shape: &[usize], value: f64) -> CResult<Tensor> {
+    pub(crate) fn constant(&mut self, name: &str, shape: &[usize], value: f64) -> CResult<Tensor> {
         let n: usize = shape.iter().product();
         self.add(name, shape, vec![value; n])
     }
@@ -122,7 +151,7 @@ impl ParamBuilder {
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
 
-    fn linear(
+    pub(crate) fn linear(
         &mut self,
         name: &str,
         out: usize,
@@ -147,13 +176,13 @@ impl ParamBuilder {
 }
 
 /// `y = x Wᵀ + b` over the last dimension of a tensor of any rank.
-struct Linear {
+pub(crate) struct Linear {
     w: Tensor,
     b: Option<Tensor>,
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         let dims = x.dims().to_vec();
         let inner = dims[dims.len() - 1];
         let rows = x.elem_count() / inner;
@@ -306,13 +335,18 @@ struct VisionTower {
 impl VisionTower {
     fn build(pb: &mut ParamBuilder, cfg: &ClipConfig) -> CResult<VisionTower> {
         let v = &cfg.vision_cfg;
+        let (VisionLayers::Transformer(layers), Some(patch_size)) = (v.layers, v.patch_size) else {
+            return Err(candle_core::Error::Msg(
+                "a ViT tower needs vision_cfg.layers as one number and a patch_size".into(),
+            ));
+        };
         let scale = (v.width as f64).powf(-0.5);
         let p = "vision_model";
         Ok(VisionTower {
             patch: pb.randn(
                 &format!("{p}.embeddings.patch_embedding.weight"),
-                &[v.width, 3, v.patch_size, v.patch_size],
-                (3.0 * (v.patch_size * v.patch_size) as f64).powf(-0.5),
+                &[v.width, 3, patch_size, patch_size],
+                (3.0 * (patch_size * patch_size) as f64).powf(-0.5),
             )?,
             class: pb.randn(
                 &format!("{p}.embeddings.class_embedding"),
@@ -335,7 +369,7 @@ impl VisionTower {
             blocks: build_blocks(
                 pb,
                 p,
-                v.layers,
+                layers,
                 v.width,
                 v.num_heads(),
                 cfg.vision_mlp(),
@@ -343,7 +377,7 @@ impl VisionTower {
             )?,
             ln_post: pb.layer_norm(&format!("{p}.post_layernorm"), v.width)?,
             proj: pb.linear("visual_projection", cfg.embed_dim, v.width, scale, false)?,
-            patch_size: v.patch_size,
+            patch_size,
             grid: v.grid(),
         })
     }
@@ -371,6 +405,28 @@ impl VisionTower {
         }
         let cls = self.ln_post.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?;
         self.proj.forward(&cls)
+    }
+}
+
+/// The image tower a config asks for: a ViT, or CLIP's ResNet.
+enum ImageTower {
+    Vit(VisionTower),
+    ResNet(ResNetTower),
+}
+
+impl ImageTower {
+    fn build(pb: &mut ParamBuilder, cfg: &ClipConfig) -> CResult<ImageTower> {
+        Ok(match cfg.vision_cfg.layers {
+            VisionLayers::Transformer(_) => ImageTower::Vit(VisionTower::build(pb, cfg)?),
+            VisionLayers::ResNet(_) => ImageTower::ResNet(ResNetTower::build(pb, cfg)?),
+        })
+    }
+
+    fn forward(&self, images: &Tensor, dtype: DType, mode: Mode) -> CResult<Tensor> {
+        match self {
+            ImageTower::Vit(vit) => vit.forward(images, dtype),
+            ImageTower::ResNet(resnet) => resnet.forward(images, dtype, mode),
+        }
     }
 }
 
@@ -479,8 +535,9 @@ pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
 pub struct ClipModel {
     cfg: ClipConfig,
     vars: BTreeMap<String, Var>,
+    buffers: BTreeMap<String, Var>,
     shadows: BTreeMap<String, Var>,
-    vision: VisionTower,
+    vision: ImageTower,
     text: TextTower,
     logit_scale: Tensor,
     compute_dtype: DType,
@@ -498,16 +555,18 @@ impl ClipModel {
         let mut pb = ParamBuilder {
             rng: ChaCha8Rng::seed_from_u64(seed),
             vars: BTreeMap::new(),
+            buffers: BTreeMap::new(),
             dtype: param_dtype,
             device: device.clone(),
             reuse: None,
         };
-        let vision = VisionTower::build(&mut pb, cfg)?;
+        let vision = ImageTower::build(&mut pb, cfg)?;
         let text = TextTower::build(&mut pb, cfg)?;
         let logit_scale = pb.add(LOGIT_SCALE, &[], vec![LOGIT_SCALE_INIT])?;
         Ok(ClipModel {
             cfg: cfg.clone(),
             vars: pb.vars,
+            buffers: pb.buffers,
             shadows: BTreeMap::new(),
             vision,
             text,
@@ -539,11 +598,12 @@ impl ClipModel {
         let mut pb = ParamBuilder {
             rng: ChaCha8Rng::seed_from_u64(0),
             vars: BTreeMap::new(),
+            buffers: self.buffers.clone(),
             dtype,
             device: self.device().clone(),
             reuse: Some(read),
         };
-        self.vision = VisionTower::build(&mut pb, &self.cfg)?;
+        self.vision = ImageTower::build(&mut pb, &self.cfg)?;
         self.text = TextTower::build(&mut pb, &self.cfg)?;
         self.shadows = shadows;
         self.compute_dtype = dtype;
@@ -594,9 +654,25 @@ impl ClipModel {
         &self.vars
     }
 
-    /// Unnormalised image features `(B, embed_dim)` in the master dtype. Input `(B, 3, H, W)`.
+    /// State the forward pass keeps besides the parameters, by name: BatchNorm's running
+    /// statistics (a ResNet's; a ViT has none). Saved and loaded with the weights.
+    pub fn buffers(&self) -> &BTreeMap<String, Var> {
+        &self.buffers
+    }
+
+    /// Unnormalised image features `(B, embed_dim)` in the master dtype, for inference (a
+    /// ResNet's BatchNorm uses its running statistics). Input `(B, 3, H, W)`.
     pub fn image_features(&self, images: &Tensor) -> Result<Tensor, TrainError> {
-        let x = self.vision.forward(images, self.compute_dtype)?;
+        self.image_features_in(images, Mode::Eval)
+    }
+
+    /// `image_features` in the given BatchNorm mode (training uses the batch's statistics).
+    pub(crate) fn image_features_in(
+        &self,
+        images: &Tensor,
+        mode: Mode,
+    ) -> Result<Tensor, TrainError> {
+        let x = self.vision.forward(images, self.compute_dtype, mode)?;
         Ok(cast(&x, self.param_dtype())?)
     }
 
@@ -621,9 +697,10 @@ impl ClipModel {
         &self.logit_scale
     }
 
-    /// Copies weights in by name (a checkpoint or an export); every parameter must be present with its shape.
+    /// Copies weights and buffers in by name (a checkpoint or an export); every one must be
+    /// present with its shape.
     pub fn load_tensors(&self, tensors: &HashMap<String, Tensor>) -> Result<(), TrainError> {
-        for (name, var) in &self.vars {
+        for (name, var) in self.vars.iter().chain(&self.buffers) {
             let t = tensors.get(name).ok_or_else(|| {
                 TrainError::Checkpoint(format!(
                     "weights lack {name}; the checkpoint was written for another config"
@@ -641,11 +718,13 @@ impl ClipModel {
         self.refresh_shadows()
     }
 
-    /// Saves the weights under their Hugging Face names in f32 safetensors.
+    /// Saves the weights and buffers under their Hugging Face names (a ResNet's under open_clip's
+    /// `visual.*` names) in f32 safetensors.
     pub fn save_weights(&self, path: &std::path::Path) -> Result<(), TrainError> {
         let tensors = self
             .vars
             .iter()
+            .chain(&self.buffers)
             .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_dtype(DType::F32)?)))
             .collect::<Result<HashMap<_, _>, candle_core::Error>>()?;
         crate::checkpoint::save_atomic(&tensors, path)

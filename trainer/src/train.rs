@@ -5,6 +5,7 @@ use crate::checkpoint;
 use crate::config::ClipConfig;
 use crate::model::{clip_loss, l2_normalize, ClipModel, LOGIT_SCALE, LOGIT_SCALE_MAX};
 use crate::optim::{clip_coefficient, cosine_lr, grad_norm, AdamW, AdamWConfig};
+use crate::resnet::Mode;
 use crate::TrainError;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -65,9 +66,10 @@ struct Features {
 }
 
 impl Features {
-    /// Encodes `b`; captions and negatives go through the text tower in one pass.
-    fn of(m: &ClipModel, b: &MicroBatch) -> Result<Features, TrainError> {
-        let image = m.encode_image(&b.images)?;
+    /// Encodes `b` in training mode; captions and negatives go through the text tower in one
+    /// pass. `update_stats`: fold the batch's statistics into BatchNorm's running ones.
+    fn of(m: &ClipModel, b: &MicroBatch, update_stats: bool) -> Result<Features, TrainError> {
+        let image = l2_normalize(&m.image_features_in(&b.images, Mode::Train { update_stats })?)?;
         let Some(neg) = &b.negatives else {
             let text = m.encode_text(&b.tokens)?;
             return Ok(Features {
@@ -213,10 +215,14 @@ impl Trainer {
     /// every micro-batch are first computed without a graph, then each micro-batch is recomputed
     /// with its graph and placed among the cached others, so the gradients sum to those of one big
     /// batch while only one micro-batch's activations are alive at a time.
+    ///
+    /// A ResNet's BatchNorm normalises each micro-batch by its own statistics (as open_clip's
+    /// does), so with one there the sum is not exactly one big batch's; its running statistics
+    /// take each micro-batch once, in the first pass.
     pub fn gradients(&self, micro: &[MicroBatch]) -> Result<Gradients, TrainError> {
         let m = &self.model;
         if micro.len() == 1 {
-            let loss = joint_loss(&[&Features::of(m, &micro[0])?], m.logit_scale())?;
+            let loss = joint_loss(&[&Features::of(m, &micro[0], true)?], m.logit_scale())?;
             let grads = self.collect(&loss.backward()?)?;
             return Ok(Gradients {
                 loss: scalar(&loss)?,
@@ -225,12 +231,12 @@ impl Trainer {
         }
         let cached = micro
             .iter()
-            .map(|b| Ok(Features::of(m, b)?.detach()))
+            .map(|b| Ok(Features::of(m, b, true)?.detach()))
             .collect::<Result<Vec<_>, TrainError>>()?;
         let mut total: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut loss_value = 0.0;
         for (j, batch) in micro.iter().enumerate() {
-            let live = Features::of(m, batch)?;
+            let live = Features::of(m, batch, false)?;
             let parts: Vec<&Features> = cached
                 .iter()
                 .enumerate()

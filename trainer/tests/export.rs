@@ -16,7 +16,7 @@ fn parameters_carry_hugging_face_clip_names_and_shapes() {
             .to_vec()
     };
     let (w, e) = (cfg.vision_cfg.width, cfg.embed_dim);
-    let grid = cfg.vision_cfg.image_size / cfg.vision_cfg.patch_size;
+    let grid = cfg.vision_cfg.grid();
     assert_eq!(
         shape("vision_model.embeddings.patch_embedding.weight"),
         [w, 3, 8, 8]

@@ -2,12 +2,15 @@
 //! reference and finite differences, accumulation equals one big batch, resume is exact, and a small
 //! model learns a synthetic task far above chance.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
-use rand::{Rng, SeedableRng};
+use common::{batch, cosine, norm};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use wit_trainer::{
-    ClipConfig, MicroBatch, PosEmbedInit, TextConfig, TrainConfig, Trainer, VisionConfig,
+    ClipConfig, MicroBatch, PosEmbedInit, TrainConfig, Trainer, VisionConfig, VisionLayers,
 };
 
 /// A CLIP small enough to run many steps in a test: 16 px images in 4 px patches, 8-token captions.
@@ -16,95 +19,21 @@ fn micro_config() -> ClipConfig {
         embed_dim: 16,
         vision_cfg: VisionConfig {
             image_size: 16,
-            layers: 2,
+            layers: VisionLayers::Transformer(2),
             width: 32,
-            patch_size: 4,
+            patch_size: Some(4),
             heads: Some(2),
             mlp_ratio: 2.0,
             head_width: 64,
             pos_embed_init: PosEmbedInit::SinCos2d,
         },
-        text_cfg: TextConfig {
-            context_length: 8,
-            vocab_size: 16,
-            width: 32,
-            heads: 2,
-            layers: 2,
-            mlp_ratio: 2.0,
-            eot_token_id: None,
-        },
+        text_cfg: common::micro_text(),
         quick_gelu: false,
-    }
-}
-
-/// The synthetic task: class `c` has 6 bits; bit i brightens one of 6 image regions (plus noise) and
-/// writes token `1 + 2i + bit` into the caption, which ends with the end-of-text token 15 (the
-/// highest id). Captions of different classes differ, so retrieval can be scored exactly.
-fn pair(c: usize, rng: &mut ChaCha8Rng) -> (Vec<f32>, Vec<u32>) {
-    let mut img = vec![0f32; 3 * 16 * 16];
-    for (k, px) in img.iter_mut().enumerate() {
-        let (ch, y, x) = (k / 256, (k / 16) % 16, k % 16);
-        let region = (y / 8) * 3 + x * 3 / 16;
-        let bit = (c >> region) & 1;
-        let signal = if bit == 1 { 1.0 } else { -1.0 } * if ch == region % 3 { 1.0 } else { 0.5 };
-        *px = signal + 0.3 * (rng.random::<f32>() - 0.5);
-    }
-    let mut tokens: Vec<u32> = (0..6)
-        .map(|i| 1 + 2 * i as u32 + ((c >> i) & 1) as u32)
-        .collect();
-    tokens.push(15);
-    tokens.push(0);
-    (img, tokens)
-}
-
-fn batch(classes: &[usize], rng: &mut ChaCha8Rng, dtype: DType) -> MicroBatch {
-    let (imgs, toks): (Vec<_>, Vec<_>) = classes.iter().map(|&c| pair(c, rng)).unzip();
-    let b = classes.len();
-    MicroBatch {
-        images: Tensor::from_vec(imgs.concat(), (b, 3, 16, 16), &Device::Cpu)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap(),
-        tokens: Tensor::from_vec(toks.concat(), (b, 8), &Device::Cpu).unwrap(),
-        negatives: None,
     }
 }
 
 fn trainer(dtype: DType, cfg: TrainConfig) -> Trainer {
     Trainer::with_dtype(&micro_config(), cfg, &Device::Cpu, dtype).unwrap()
-}
-
-fn norm(t: &Tensor) -> f64 {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-        .sqrt()
-}
-
-/// Cosine of the angle between two tensors of one shape (on any devices).
-fn cosine(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
-    let b = b
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
-    let dot = (&a * &b)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    dot / (norm(&a) * norm(&b))
 }
 
 /// The losses of the first and the last of `steps` steps on one batch.
@@ -458,32 +387,7 @@ fn torn_checkpoint_is_rejected() {
 
 #[test]
 fn a_small_model_learns_retrieval_far_above_chance() {
-    let cfg = TrainConfig {
-        steps: 250,
-        lr: 2e-3,
-        warmup: 20,
-        ..TrainConfig::default()
-    };
-    let mut rng = ChaCha8Rng::seed_from_u64(9);
-    let train_batches: Vec<Result<MicroBatch, wit_trainer::TrainError>> = (0..250)
-        .map(|_| {
-            let classes: Vec<usize> = rand::seq::index::sample(&mut rng, 64, 32).into_vec();
-            Ok(batch(&classes, &mut rng, DType::F32))
-        })
-        .collect();
-    let t = wit_trainer::train(&micro_config(), cfg, &Device::Cpu, train_batches, |_, _| {
-        Ok(true)
-    })
-    .unwrap();
-    let held_out = batch(
-        &(0..64).collect::<Vec<_>>(),
-        &mut ChaCha8Rng::seed_from_u64(99),
-        DType::F32,
-    );
-    let (img, txt) = wit_trainer::embed(t.model(), [Ok(held_out)]).unwrap();
-    let r = wit_trainer::retrieval(&img, &txt).unwrap();
-    assert_eq!(r.n, 64);
-    // Chance is 1/64 ≈ 0.016.
+    let r = common::learn_and_score(&micro_config(), 250, 9, |c, rng| batch(c, rng, DType::F32));
     assert!(
         r.text_to_image.r1 >= 0.5 && r.image_to_text.r1 >= 0.5,
         "{r:?}"

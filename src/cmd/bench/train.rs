@@ -11,7 +11,8 @@ use wit_trainer::{ClipConfig, MicroBatch, TrainConfig, Trainer};
 /// Flags of `wit bench train`.
 #[derive(clap::Args, Debug)]
 pub struct TrainBenchArgs {
-    /// Model: `tiny`, `vit-s-32`, `vit-b-32`, `vit-b-16`, or an open_clip model JSON file.
+    /// Model: `tiny`, `tiny-rn`, `vit-s-32`, `vit-b-32`, `vit-b-16`, `rn50` (ResNet-50), or an
+    /// open_clip model JSON file (a list of four `layers` makes a ResNet image tower).
     #[arg(long, default_value = "tiny")]
     pub config: String,
     /// Pairs per step.

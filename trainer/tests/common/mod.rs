@@ -1,0 +1,121 @@
+//! What the trainer's test files share: a synthetic image-caption task whose classes are told
+//! apart by image regions and caption tokens, and tensor comparisons.
+#![allow(dead_code)]
+
+use candle_core::{DType, Device, Tensor};
+use rand::Rng;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use wit_trainer::{ClipConfig, MicroBatch, Retrieval, TextConfig, TrainConfig};
+
+/// The text tower of the test models: the synthetic task's 16-token vocabulary, 8-token
+/// captions, two small blocks.
+pub fn micro_text() -> TextConfig {
+    TextConfig {
+        context_length: 8,
+        vocab_size: 16,
+        width: 32,
+        heads: 2,
+        layers: 2,
+        mlp_ratio: 2.0,
+        eot_token_id: None,
+    }
+}
+
+/// The synthetic task: class `c` has 6 bits; bit i brightens one of 6 image regions (plus noise) and
+/// writes token `1 + 2i + bit` into the caption, which ends with the end-of-text token 15 (the
+/// highest id). Captions of different classes differ, so retrieval can be scored exactly.
+pub fn pair(c: usize, rng: &mut ChaCha8Rng) -> (Vec<f32>, Vec<u32>) {
+    let mut img = vec![0f32; 3 * 16 * 16];
+    for (k, px) in img.iter_mut().enumerate() {
+        let (ch, y, x) = (k / 256, (k / 16) % 16, k % 16);
+        let region = (y / 8) * 3 + x * 3 / 16;
+        let bit = (c >> region) & 1;
+        let signal = if bit == 1 { 1.0 } else { -1.0 } * if ch == region % 3 { 1.0 } else { 0.5 };
+        *px = signal + 0.3 * (rng.random::<f32>() - 0.5);
+    }
+    let mut tokens: Vec<u32> = (0..6)
+        .map(|i| 1 + 2 * i as u32 + ((c >> i) & 1) as u32)
+        .collect();
+    tokens.push(15);
+    tokens.push(0);
+    (img, tokens)
+}
+
+/// A micro-batch of the synthetic task's pairs for `classes`, 16 px images in `dtype`.
+pub fn batch(classes: &[usize], rng: &mut ChaCha8Rng, dtype: DType) -> MicroBatch {
+    let (imgs, toks): (Vec<_>, Vec<_>) = classes.iter().map(|&c| pair(c, rng)).unzip();
+    let b = classes.len();
+    MicroBatch {
+        images: Tensor::from_vec(imgs.concat(), (b, 3, 16, 16), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap(),
+        tokens: Tensor::from_vec(toks.concat(), (b, 8), &Device::Cpu).unwrap(),
+        negatives: None,
+    }
+}
+
+/// The Frobenius norm of a tensor, in f64.
+pub fn norm(t: &Tensor) -> f64 {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+        .sqrt()
+}
+
+/// Cosine of the angle between two tensors of one shape (on any devices).
+pub fn cosine(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let b = b
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let dot = (&a * &b)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    dot / (norm(&a) * norm(&b))
+}
+
+/// Trains `clip` for `steps` steps on random 32-class batches of the synthetic task (made by
+/// `make`), then scores retrieval among all 64 classes' held-out pairs (chance: 1/64).
+pub fn learn_and_score(
+    clip: &ClipConfig,
+    steps: u64,
+    seed: u64,
+    make: impl Fn(&[usize], &mut ChaCha8Rng) -> MicroBatch,
+) -> Retrieval {
+    let cfg = TrainConfig {
+        steps,
+        lr: 2e-3,
+        warmup: (steps / 12).max(1),
+        ..TrainConfig::default()
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let train_batches: Vec<Result<MicroBatch, wit_trainer::TrainError>> = (0..steps)
+        .map(|_| {
+            let classes: Vec<usize> = rand::seq::index::sample(&mut rng, 64, 32).into_vec();
+            Ok(make(&classes, &mut rng))
+        })
+        .collect();
+    let t = wit_trainer::train(clip, cfg, &Device::Cpu, train_batches, |_, _| Ok(true)).unwrap();
+    let all: Vec<usize> = (0..64).collect();
+    let held_out = make(&all, &mut ChaCha8Rng::seed_from_u64(99));
+    let (img, txt) = wit_trainer::embed(t.model(), [Ok(held_out)]).unwrap();
+    let r = wit_trainer::retrieval(&img, &txt).unwrap();
+    assert_eq!(r.n, 64);
+    r
+}
