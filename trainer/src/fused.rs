@@ -1,6 +1,7 @@
 //! Fused CPU kernels, each with a hand-written backward pass, for the layers of a small
 //! transformer whose candle graphs cost more than their arithmetic: exact-erf GELU, LayerNorm,
-//! linear layers with a bias, and (causal) scaled dot-product attention; and the ResNet's im2col.
+//! linear layers with a bias, and (causal) scaled dot-product attention; and the ResNet's im2col
+//! and training-mode BatchNorm (+ ReLU).
 //!
 //! candle's own fused versions have no backward (the graph is silently cut), and the same layers
 //! spelled out in plain ops take 5–12 passes over memory each way: GELU's backward alone is a dozen
@@ -624,6 +625,271 @@ impl CustomOp1 for Col2Im {
     }
 }
 
+/// Training-mode BatchNorm over the last axis of `x` (`rows × C`): each channel normalised by the
+/// batch's mean and biased variance, then scaled by `g` and shifted by `b`, then ReLU if `relu`.
+/// Returns the output and the batch's mean and variance (for the running statistics). The CPU op
+/// is two passes forward and two back, where the plain-op graph takes about eight and fifteen.
+pub fn batch_norm(
+    x: &Tensor,
+    g: &Tensor,
+    b: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if fusable(x) {
+        let x = x.contiguous()?;
+        let stats = x.apply_op1_no_bwd(&BatchStats)?;
+        let gb = Tensor::stack(&[g, b], 0)?
+            .to_dtype(x.dtype())?
+            .contiguous()?;
+        let y = x.apply_op3(&gb, &stats, BatchNorm { eps, relu })?;
+        return Ok((y, stats.get(0)?, stats.get(1)?));
+    }
+    plain_batch_norm(x, g, b, eps, relu)
+}
+
+/// `batch_norm` from plain ops, for devices and dtypes the CPU kernel does not take.
+fn plain_batch_norm(
+    x: &Tensor,
+    g: &Tensor,
+    b: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let mean = x.mean(0)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean(0)?;
+    let scale = (&var + eps)?.sqrt()?.recip()?.mul(g)?;
+    let y = centered.broadcast_mul(&scale)?.broadcast_add(b)?;
+    let y = if relu { y.relu()? } else { y };
+    Ok((y, mean, var))
+}
+
+/// Per-channel sums of `per_row(row, acc)` over all rows, `k` accumulators per channel
+/// (`acc[i * c + j]`), summed over row blocks in parallel.
+fn channel_sums<T: Real>(
+    rows: usize,
+    c: usize,
+    k: usize,
+    per_row: impl Fn(usize, &mut [T]) + Sync,
+) -> Vec<T> {
+    let block = rows_per_task(c);
+    (0..rows.div_ceil(block))
+        .into_par_iter()
+        .map(|i| {
+            let mut acc = vec![T::zero(); k * c];
+            for row in i * block..((i + 1) * block).min(rows) {
+                per_row(row, &mut acc);
+            }
+            acc
+        })
+        .reduce(
+            || vec![T::zero(); k * c],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, &b)| *a += b);
+                a
+            },
+        )
+}
+
+/// Mean then biased variance of each channel of `rows × c` `x`, as a `2 × c` block (two passes,
+/// so the variance does not cancel).
+fn batch_stats<T: Real>(x: &[T], c: usize) -> Vec<T> {
+    let rows = x.len() / c;
+    let n = T::from(rows.max(1)).unwrap();
+    let row = |r: usize| &x[r * c..(r + 1) * c];
+    let mut mean = channel_sums(rows, c, 1, |r, acc: &mut [T]| {
+        acc.iter_mut().zip(row(r)).for_each(|(a, &v)| *a += v)
+    });
+    mean.iter_mut().for_each(|m| *m /= n);
+    let mut var = channel_sums(rows, c, 1, |r, acc: &mut [T]| {
+        for ((a, &v), &m) in acc.iter_mut().zip(row(r)).zip(&mean) {
+            *a += (v - m) * (v - m);
+        }
+    });
+    var.iter_mut().for_each(|v| *v /= n);
+    mean.extend(var);
+    mean
+}
+
+/// `g / sqrt(var + eps)` per channel: what multiplies the centred input.
+fn bn_scale<T: Real>(g: &[T], var: &[T], eps: f64) -> Vec<T> {
+    let eps = T::from(eps).unwrap();
+    g.iter()
+        .zip(var)
+        .map(|(&g, &v)| g * (v + eps).sqrt().recip())
+        .collect()
+}
+
+fn batch_norm_fwd<T: Real>(x: &[T], gb: &[T], stats: &[T], eps: f64, relu: bool) -> Vec<T> {
+    let c = gb.len() / 2;
+    let (g, b) = gb.split_at(c);
+    let (mean, var) = stats.split_at(c);
+    let scale = bn_scale(g, var, eps);
+    let mut y = vec![T::zero(); x.len()];
+    let task = rows_per_task(c) * c;
+    y.par_chunks_mut(task)
+        .zip(x.par_chunks(task))
+        .for_each(|(y, x)| {
+            for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                for j in 0..c {
+                    let v = (x[j] - mean[j]) * scale[j] + b[j];
+                    y[j] = if relu && v < T::zero() { T::zero() } else { v };
+                }
+            }
+        });
+    y
+}
+
+/// Gradients of training-mode BatchNorm (+ ReLU), as `rows + 2` rows of `c`: `dx`, `dg`, `db`.
+/// With `x̂ = (x − μ)/σ`, `d` the output gradient where the ReLU passed it (at zero too, as
+/// candle's ReLU does) and `N` rows: `dg = Σ d·x̂`, `db = Σ d`,
+/// `dx = g/σ · (d − db/N − x̂·dg/N)`.
+fn batch_norm_bwd<T: Real>(x: &[T], params: &[T], dy: &[T], eps: f64, relu: bool) -> Vec<T> {
+    let c = params.len() / 4;
+    let rows = x.len() / c;
+    let (g, rest) = params.split_at(c);
+    let (b, stats) = rest.split_at(c);
+    let (mean, var) = stats.split_at(c);
+    let eps_t = T::from(eps).unwrap();
+    let rstd: Vec<T> = var.iter().map(|&v| (v + eps_t).sqrt().recip()).collect();
+    // The ReLU's gradient mask and x̂ for element (r, j).
+    let at = |r: usize, j: usize| {
+        let xhat = (x[r * c + j] - mean[j]) * rstd[j];
+        let passed = !relu || xhat * g[j] + b[j] >= T::zero();
+        (xhat, if passed { dy[r * c + j] } else { T::zero() })
+    };
+    let sums = channel_sums(rows, c, 2, |r, acc| {
+        for j in 0..c {
+            let (xhat, d) = at(r, j);
+            acc[j] += d * xhat;
+            acc[c + j] += d;
+        }
+    });
+    let n = T::from(rows.max(1)).unwrap();
+    let mut out = vec![T::zero(); (rows + 2) * c];
+    let (dx, tail) = out.split_at_mut(rows * c);
+    tail.copy_from_slice(&sums);
+    let (dg, db) = sums.split_at(c);
+    dx.par_chunks_mut(rows_per_task(c) * c)
+        .enumerate()
+        .for_each(|(i, block)| {
+            let first = i * rows_per_task(c);
+            for (k, row) in block.chunks_exact_mut(c).enumerate() {
+                for j in 0..c {
+                    let (xhat, d) = at(first + k, j);
+                    row[j] = g[j] * rstd[j] * (d - db[j] / n - xhat * dg[j] / n);
+                }
+            }
+        });
+    out
+}
+
+struct BatchStats;
+
+impl CustomOp1 for BatchStats {
+    fn name(&self) -> &'static str {
+        "wit-batch-stats"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (_, c) = l.shape().dims2()?;
+        let out = float_kernel!("batch_norm statistics", s, batch_stats(slice(s, l)?, c));
+        Ok((out, Shape::from((2, c))))
+    }
+}
+
+struct BatchNorm {
+    eps: f64,
+    relu: bool,
+}
+
+impl CustomOp3 for BatchNorm {
+    fn name(&self) -> &'static str {
+        "wit-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = float_kernel!(
+            "batch_norm",
+            s1,
+            batch_norm_fwd(
+                slice(s1, l1)?,
+                slice(s2, l2)?,
+                slice(s3, l3)?,
+                self.eps,
+                self.relu
+            )
+        );
+        Ok((out, l1.shape().clone()))
+    }
+
+    /// The statistics come in without a graph (`apply_op1_no_bwd`): their dependence on `x` is
+    /// inside `batch_norm_bwd`'s formula.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gb: &Tensor,
+        stats: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let rows = x.dim(0)?;
+        let params = Tensor::cat(&[gb, stats], 0)?;
+        let op = BatchNormGrad {
+            eps: self.eps,
+            relu: self.relu,
+        };
+        let all = x.apply_op3_no_bwd(&params, &dy.contiguous()?, &op)?;
+        let dx = all.narrow(0, 0, rows)?;
+        let dgb = all.narrow(0, rows, 2)?;
+        Ok((Some(dx), Some(dgb), None))
+    }
+}
+
+struct BatchNormGrad {
+    eps: f64,
+    relu: bool,
+}
+
+impl CustomOp3 for BatchNormGrad {
+    fn name(&self) -> &'static str {
+        "wit-batch-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, c) = l1.shape().dims2()?;
+        let out = float_kernel!(
+            "batch_norm backward",
+            s1,
+            batch_norm_bwd(
+                slice(s1, l1)?,
+                slice(s2, l2)?,
+                slice(s3, l3)?,
+                self.eps,
+                self.relu
+            )
+        );
+        Ok((out, Shape::from((rows + 2, c))))
+    }
+}
+
 /// Softmax from plain ops, for devices and dtypes the fused kernel does not take.
 fn plain_softmax_last(x: &Tensor, causal: bool) -> Result<Tensor> {
     let dtype = x.dtype();
@@ -1087,6 +1353,28 @@ pub(crate) mod tests {
                 |t| plain_im2col(&t[0], k, stride),
                 &[x],
             );
+        }
+    }
+
+    #[test]
+    fn batch_norm_and_its_three_gradients_match_the_plain_ops() {
+        // 37 rows fit one parallel block of rows; 3000 rows of 8 channels span two.
+        for (rows, relu) in [(37, false), (37, true), (3000, true)] {
+            let x = random(&[rows, 8], 13, DType::F64);
+            let g = random(&[8], 14, DType::F64);
+            let b = random(&[8], 15, DType::F64);
+            let inputs = [x, g, b];
+            assert_matches_plain(
+                |t| Ok(batch_norm(&t[0], &t[1], &t[2], 1e-5, relu)?.0),
+                |t| Ok(plain_batch_norm(&t[0], &t[1], &t[2], 1e-5, relu)?.0),
+                &inputs,
+            );
+            let (_, mean, var) =
+                batch_norm(&inputs[0], &inputs[1], &inputs[2], 1e-5, relu).unwrap();
+            let (_, want_mean, want_var) =
+                plain_batch_norm(&inputs[0], &inputs[1], &inputs[2], 1e-5, relu).unwrap();
+            assert!(max_abs_diff(&mean, &want_mean) < 1e-12);
+            assert!(max_abs_diff(&var, &want_var) < 1e-12);
         }
     }
 

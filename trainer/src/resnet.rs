@@ -6,6 +6,7 @@
 //! Activations are NHWC. Convolutions are `fused::im2col` and one matrix product, so the
 //! arithmetic is a GEMM both ways on every device and in bf16; candle's own CPU
 //! `conv_transpose2d` (its convolution's backward) is a direct loop without a matrix kernel.
+//! Training-mode BatchNorm (with the ReLU after it) is `fused::batch_norm`.
 
 use crate::config::{ClipConfig, VisionLayers, RESNET_REDUCTION};
 use crate::fused;
@@ -108,8 +109,9 @@ impl BatchNorm {
         })
     }
 
-    /// Statistics are taken in f32 or wider (bf16 sums lose the mean), as PyTorch's autocast does.
-    fn forward(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
+    /// BatchNorm, then ReLU if `relu` (fused with it on the CPU). Statistics are taken in f32
+    /// or wider (bf16 sums lose the mean), as PyTorch's autocast does.
+    fn forward(&self, x: &Tensor, mode: Mode, relu: bool) -> CResult<Tensor> {
         let dims = x.dims().to_vec();
         let c = dims[dims.len() - 1];
         let stat_dtype = match x.dtype() {
@@ -118,30 +120,32 @@ impl BatchNorm {
         };
         let rows = x.elem_count() / c;
         let x32 = cast(x, stat_dtype)?.reshape((rows, c))?;
-        let (centered, var) = match mode {
-            Mode::Eval => (
-                x32.broadcast_sub(&cast(self.mean.as_tensor(), stat_dtype)?)?,
-                cast(self.var.as_tensor(), stat_dtype)?,
-            ),
+        let (g, b) = (cast(&self.g, stat_dtype)?, cast(&self.b, stat_dtype)?);
+        let y = match mode {
+            Mode::Eval => {
+                let mean = cast(self.mean.as_tensor(), stat_dtype)?;
+                let var = cast(self.var.as_tensor(), stat_dtype)?;
+                let scale = (var + BN_EPS)?.sqrt()?.recip()?.mul(&g)?;
+                let y = x32
+                    .broadcast_sub(&mean)?
+                    .broadcast_mul(&scale)?
+                    .broadcast_add(&b)?;
+                if relu {
+                    y.relu()?
+                } else {
+                    y
+                }
+            }
             Mode::Train { update_stats } => {
-                let mean = x32.mean(0)?;
-                let centered = x32.broadcast_sub(&mean)?;
-                let var = centered.sqr()?.mean(0)?;
+                let (y, mean, var) = fused::batch_norm(&x32, &g, &b, BN_EPS, relu)?;
                 if update_stats {
                     let unbiased = rows as f64 / (rows.max(2) - 1) as f64;
                     self.fold(&self.mean, &mean, 1.0)?;
                     self.fold(&self.var, &var, unbiased)?;
                 }
-                (centered, var)
+                y
             }
         };
-        let scale = (var + BN_EPS)?
-            .sqrt()?
-            .recip()?
-            .mul(&cast(&self.g, stat_dtype)?)?;
-        let y = centered
-            .broadcast_mul(&scale)?
-            .broadcast_add(&cast(&self.b, stat_dtype)?)?;
         cast(&y, x.dtype())?.reshape(dims)
     }
 
@@ -178,8 +182,8 @@ impl ConvBn {
         })
     }
 
-    fn forward(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
-        self.bn.forward(&self.conv.forward(x)?, mode)
+    fn forward(&self, x: &Tensor, mode: Mode, relu: bool) -> CResult<Tensor> {
+        self.bn.forward(&self.conv.forward(x)?, mode, relu)
     }
 }
 
@@ -241,11 +245,13 @@ impl Bottleneck {
     }
 
     fn forward(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
-        let h = self.reduce.forward(x, mode)?.relu()?;
-        let h = self.spatial.forward(&h, mode)?.relu()?;
-        let h = self.expand.forward(&avg_pool(&h, self.stride)?, mode)?;
+        let h = self.reduce.forward(x, mode, true)?;
+        let h = self.spatial.forward(&h, mode, true)?;
+        let h = self
+            .expand
+            .forward(&avg_pool(&h, self.stride)?, mode, false)?;
         let identity = match &self.shortcut {
-            Some(unit) => unit.forward(&avg_pool(x, self.stride)?, mode)?,
+            Some(unit) => unit.forward(&avg_pool(x, self.stride)?, mode, false)?,
             None => x.clone(),
         };
         (h + identity)?.relu()
@@ -363,7 +369,7 @@ impl ResNetTower {
     pub(crate) fn forward(&self, images: &Tensor, dtype: DType, mode: Mode) -> CResult<Tensor> {
         let mut x = cast(images, dtype)?.permute((0, 2, 3, 1))?.contiguous()?;
         for unit in &self.stem {
-            x = unit.forward(&x, mode)?.relu()?;
+            x = unit.forward(&x, mode, true)?;
         }
         x = avg_pool(&x, 2)?;
         for block in &self.stages {
@@ -458,9 +464,10 @@ mod tests {
                     Mode::Train {
                         update_stats: false,
                     },
+                    true,
                 )
                 .unwrap();
-            let l = (y.relu().unwrap() * &r).unwrap().sum_all().unwrap();
+            let l = (y * &r).unwrap().sum_all().unwrap();
             let g = l.backward().unwrap().get(x.as_tensor()).unwrap().clone();
             (
                 l.to_scalar::<f64>().unwrap(),
@@ -497,7 +504,7 @@ mod tests {
         let bn = BatchNorm::build(&mut pb, "bn", 3, 1.0).unwrap();
         let x = ramp(&[4, 2, 2, 3], 5.0).affine(2.0, 3.0).unwrap();
         let y = bn
-            .forward(&x, Mode::Train { update_stats: true })
+            .forward(&x, Mode::Train { update_stats: true }, false)
             .unwrap()
             .reshape((16, 3))
             .unwrap();
@@ -527,7 +534,7 @@ mod tests {
             .set(&centered.sqr().unwrap().mean(0).unwrap())
             .unwrap();
         let eval = bn
-            .forward(&x, Mode::Eval)
+            .forward(&x, Mode::Eval, false)
             .unwrap()
             .reshape((16, 3))
             .unwrap();
