@@ -451,25 +451,40 @@ def steps_per_s(out):
 
 
 def bench_train(args, wit, torch_python):
-    """Training steps of the `tiny` CLIP on synthetic pairs, all cores each: `wit bench train`
-    against the same model, batch and step in PyTorch (bench/torch_clip.py), alternating A/B.
-    Without a torch venv (the quick run) only wit runs and the row says so."""
-    batch, steps = (16, 2) if args.quick else (128, 20)
-    common = ["--batch-size", str(batch), "--steps", str(steps), "--warmup-steps", "2", "--caption-tokens", "16", "--vocab-size", "4096"]
-    tools = {"wit": [wit, "bench", "train", "--config", "tiny", *common]}
-    if torch_python:
-        script = os.path.join(REPO, "bench", "torch_clip.py")
-        tools["PyTorch"] = [torch_python, script, "--threads", str(os.cpu_count() or 1), *common]
-    runs = {t: [] for t in tools}
-    for rep in range(args.repeats):
-        for tool, cmd in reversed(tools.items()):
-            m = measured(cmd)
-            m["steps/s"] = steps_per_s(m["out"])
-            runs[tool].append(m)
-        print("  train rep %d: " % rep + ", ".join(f"{t} {runs[t][-1]['steps/s']:.3f} steps/s" for t in runs), flush=True)
-    summary = {t: {"steps/s": statistics.median(m["steps/s"] for m in ms), "cpu": statistics.median(m["cpu"] for m in ms), "rss_mb": statistics.median(m["rss_mb"] for m in ms)} for t, ms in runs.items()}
-    ratio = summary["wit"]["steps/s"] / summary["PyTorch"]["steps/s"] if "PyTorch" in summary else None
-    return batch, summary, ratio
+    """Training steps on synthetic pairs, all cores each, alternating A/B: `wit bench train` on
+    the `tiny` CLIP against the same model, batch and step in PyTorch (bench/torch_clip.py), then
+    the ResNet image tower (`tiny-rn`, open_clip's RN50) against open_clip's own model and step
+    (bench/open_clip_step.py). Without a torch venv (the quick run) only wit's `tiny` runs and
+    the row says so. Returns rows of (model, batch, summary, ratio)."""
+    quick = args.quick or not torch_python
+    cases = [("tiny", "`tiny` CLIP vs PyTorch", *((16, 2) if args.quick else (128, 20)), "4096", None)]
+    if not quick:
+        cases += [
+            ("tiny-rn", "`tiny-rn` (ResNet) vs open_clip", 128, 10, "4096", ["--model", "tiny-rn", "--model-config", os.path.join(REPO, "bench", "tiny-rn.json")]),
+            ("rn50", "RN50 vs open_clip", 8, 3, "49408", ["--model", "RN50"]),
+        ]
+    rows = []
+    for config, label, batch, steps, vocab, open_clip_model in cases:
+        common = ["--batch-size", str(batch), "--steps", str(steps), "--warmup-steps", "2" if steps > 3 else "1"]
+        tools = {"wit": [wit, "bench", "train", "--config", config, *common, "--caption-tokens", "16", "--vocab-size", vocab]}
+        if torch_python and open_clip_model is None:
+            script = os.path.join(REPO, "bench", "torch_clip.py")
+            tools["PyTorch"] = [torch_python, script, "--threads", str(os.cpu_count() or 1), *common, "--caption-tokens", "16", "--vocab-size", vocab]
+        elif torch_python:
+            script = os.path.join(REPO, "bench", "open_clip_step.py")
+            tools["open_clip"] = [torch_python, script, *open_clip_model, *common, "--caption-tokens", "16", "--precision", "fp32", "--device", "cpu"]
+        runs = {t: [] for t in tools}
+        for rep in range(args.repeats):
+            for tool, cmd in reversed(tools.items()):
+                m = measured(cmd)
+                m["steps/s"] = steps_per_s(m["out"])
+                runs[tool].append(m)
+            print(f"  train {config} rep {rep}: " + ", ".join(f"{t} {runs[t][-1]['steps/s']:.3f} steps/s" for t in runs), flush=True)
+        summary = {t: {"steps/s": statistics.median(m["steps/s"] for m in ms), "cpu": statistics.median(m["cpu"] for m in ms), "rss_mb": statistics.median(m["rss_mb"] for m in ms)} for t, ms in runs.items()}
+        peer = next((t for t in summary if t != "wit"), None)
+        ratio = summary["wit"]["steps/s"] / summary[peer]["steps/s"] if peer else None
+        rows.append((label, batch, summary, ratio))
+    return rows
 
 
 def git_commit():
@@ -548,12 +563,12 @@ def render(args, dl_rows, loader_rows, html_rows, train_row, load):
             lines.append(f"| {label} | {tool} | {m['pages/s']:.0f} | {m['MB/s']:.2f} | {m['images']:.0f} | {m['links']:.0f} | {'**%.2f×**' % ratio if tool == 'wit' else ''} |")
     if train_row is None:
         return "\n".join(lines) + "\n"
-    batch, summary, ratio = train_row
-    lines += ["", f"## Trainer on CPU: `wit bench train` vs the same model in PyTorch (`tiny` CLIP, batch {batch}, captions of 16 tokens, f32, {os.cpu_count()} threads each)", "",
-              "| tool | steps/s | samples/s | peak RSS MB | ratio (steps/s) |", "|---|---|---|---|---|"]
-    for tool, m in summary.items():
-        cell = ("**%.2f×**" % ratio if ratio else "PyTorch not run (quick run: no torch venv)") if tool == "wit" else ""
-        lines.append(f"| {tool} | {m['steps/s']:.3f} | {m['steps/s'] * batch:.1f} | {m['rss_mb']:.0f} | {cell} |")
+    lines += ["", f"## Trainer on CPU: `wit bench train` vs the same model in PyTorch / open_clip (synthetic pairs, captions of 16 tokens, f32, {os.cpu_count()} threads each)", "",
+              "| model | batch | tool | steps/s | samples/s | peak RSS MB | ratio (steps/s) |", "|---|---|---|---|---|---|---|"]
+    for label, batch, summary, ratio in train_row:
+        for tool, m in summary.items():
+            cell = ("**%.2f×**" % ratio if ratio else "peer not run (quick run: no torch venv)") if tool == "wit" else ""
+            lines.append(f"| {label} | {batch} | {tool} | {m['steps/s']:.3f} | {m['steps/s'] * batch:.1f} | {m['rss_mb']:.0f} | {cell} |")
     return "\n".join(lines) + "\n"
 
 

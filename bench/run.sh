@@ -43,13 +43,14 @@ if ! bench/.work/venv/bin/python -c 'import img2dataset, webdataset, PIL, numpy,
     exit 1
   fi
 fi
-# PyTorch for the trainer comparison (a CUDA-enabled wheel from PyPI, several GB): full runs only.
+# PyTorch and open_clip for the trainer comparisons (a CUDA-enabled wheel from PyPI, several GB):
+# full runs only.
 TORCH=()
 if [ "$WORK" = bench/.work/full ]; then
   if [ ! -x bench/.work/torch-venv/bin/python ]; then python3 -m venv bench/.work/torch-venv; fi
-  if ! bench/.work/torch-venv/bin/python -c 'import torch' 2>/dev/null; then
-    if ! bench/.work/torch-venv/bin/python -m pip install --quiet --disable-pip-version-check torch numpy; then
-      echo "bench/run.sh: could not pip install torch into bench/.work/torch-venv (PyPI must be reachable)" >&2
+  if ! bench/.work/torch-venv/bin/python -c 'import torch, open_clip' 2>/dev/null; then
+    if ! bench/.work/torch-venv/bin/python -m pip install --quiet --disable-pip-version-check torch numpy open_clip_torch; then
+      echo "bench/run.sh: could not pip install torch and open_clip into bench/.work/torch-venv (PyPI must be reachable)" >&2
       exit 1
     fi
   fi
