@@ -1,7 +1,7 @@
 //! Fused CPU kernels, each with a hand-written backward pass, for the layers of a small
 //! transformer whose candle graphs cost more than their arithmetic: exact-erf GELU, LayerNorm,
-//! linear layers with a bias, and (causal) scaled dot-product attention; and the ResNet's im2col
-//! and training-mode BatchNorm (+ ReLU).
+//! linear layers with a bias, and (causal) scaled dot-product attention; and the ResNet's im2col,
+//! average pooling and training-mode BatchNorm (+ ReLU).
 //!
 //! candle's own fused versions have no backward (the graph is silently cut), and the same layers
 //! spelled out in plain ops take 5–12 passes over memory each way: GELU's backward alone is a dozen
@@ -443,25 +443,27 @@ impl CustomOp3 for LayerNormGrad {
     }
 }
 
-/// The patches of a square convolution over NHWC `x` (zero padding `k / 2`, stride `stride`):
-/// `(B, Ho, Wo, k·k·C)`, each row the `(ky, kx, c)` window of one output pixel, so a convolution
-/// is this times its weight as a `(k·k·C, out)` matrix. The backward sums each window's gradient
-/// back onto the pixels it read. The CPU op is one pass each way; the plain-op graph (padding,
-/// k² shifted slices, a concatenation, and k² zero-padded gradients summed) takes ~4k² passes.
-pub fn im2col(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
+/// The patches of a square convolution (zero padding `k / 2`, stride `stride`) over `x`, an NHWC
+/// batch of `grid = [b, h, w]` stored as `(b·h·w, C)` rows: `(b·Ho·Wo, k·k·C)`, each row the
+/// `(ky, kx, c)` window of one output pixel, so a convolution is this times its weight as a
+/// `(k·k·C, out)` matrix. The backward sums each window's gradient back onto the pixels it read.
+/// The CPU op is one pass each way; the plain-op graph (padding, k² shifted slices, a
+/// concatenation, and k² zero-padded gradients summed) takes ~4k² passes.
+pub fn im2col(x: &Tensor, grid: [usize; 3], k: usize, stride: usize) -> Result<Tensor> {
     if fusable(x) {
-        return x.contiguous()?.apply_op1(Im2Col { k, stride });
+        return x.contiguous()?.apply_op1(Im2Col { grid, k, stride });
     }
-    plain_im2col(x, k, stride)
+    plain_im2col(x, grid, k, stride)
 }
 
 /// `im2col` from plain ops, for devices and dtypes the CPU kernel does not take.
-fn plain_im2col(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
-    let g = Window::of(x.dims(), k, stride)?;
+fn plain_im2col(x: &Tensor, grid: [usize; 3], k: usize, stride: usize) -> Result<Tensor> {
+    let g = Window::of(grid, x.dim(1)?, k, stride)?;
     let s = stride;
     // The far end is padded to cover the last tap's `s * ho` rows (strided: one past the last
     // row read, which the strided pick drops).
     let x = x
+        .reshape((g.b, g.h, g.w, g.c))?
         .pad_with_zeros(1, g.pad, (k - 1 + s * g.ho).saturating_sub(g.h + g.pad))?
         .pad_with_zeros(2, g.pad, (k - 1 + s * g.wo).saturating_sub(g.w + g.pad))?;
     let mut taps = Vec::with_capacity(k * k);
@@ -478,7 +480,140 @@ fn plain_im2col(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
             });
         }
     }
-    Tensor::cat(&taps, 3)
+    Tensor::cat(&taps, 3)?.reshape((g.b * g.ho * g.wo, k * k * g.c))
+}
+
+/// `n × n` average pooling with stride `n` (PyTorch's `AvgPool2d(n)`) over `x`, an NHWC batch of
+/// `grid = [b, h, w]` stored as `(b·h·w, C)` rows, `h` and `w` multiples of `n`. The CPU op is one
+/// pass each way; the plain-op graph reshapes, sums twice and scales.
+pub fn avg_pool(x: &Tensor, grid: [usize; 3], n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x.clone());
+    }
+    let [b, h, w] = grid;
+    if h % n != 0 || w % n != 0 {
+        candle_core::bail!("avg_pool: {h}x{w} is not a multiple of {n}")
+    }
+    if fusable(x) {
+        return x.contiguous()?.apply_op1(AvgPool { grid, n });
+    }
+    let c = x.dim(1)?;
+    x.reshape((b, h / n, n, w / n, n, c))?
+        .sum(4)?
+        .sum(2)?
+        .affine(1.0 / (n * n) as f64, 0.0)?
+        .reshape((b * (h / n) * (w / n), c))
+}
+
+/// Each output row of `n × n` pooling with the input rows it averages: calls `each(out_row,
+/// in_row)` for all of them, output rows in parallel blocks of `rows_per_task(c)`.
+fn pool_rows<T: Real>(
+    out: &mut [T],
+    c: usize,
+    grid: [usize; 3],
+    n: usize,
+    each: impl Fn(&mut [T], usize) + Sync,
+) {
+    let [_, h, w] = grid;
+    let (ho, wo) = (h / n, w / n);
+    let block = rows_per_task(c);
+    out.par_chunks_mut(block * c)
+        .enumerate()
+        .for_each(|(i, rows)| {
+            for (k, row) in rows.chunks_exact_mut(c).enumerate() {
+                let r = i * block + k;
+                let (image, oy, ox) = (r / (ho * wo), (r / wo) % ho, r % wo);
+                for dy in 0..n {
+                    for dx in 0..n {
+                        each(row, (image * h + oy * n + dy) * w + ox * n + dx);
+                    }
+                }
+            }
+        });
+}
+
+fn avg_pool_fwd<T: Real>(x: &[T], c: usize, grid: [usize; 3], n: usize) -> Vec<T> {
+    let [b, h, w] = grid;
+    let scale = T::from(n * n).unwrap().recip();
+    let mut y = vec![T::zero(); b * (h / n) * (w / n) * c];
+    pool_rows(&mut y, c, grid, n, |row, input| {
+        for (y, &x) in row.iter_mut().zip(&x[input * c..(input + 1) * c]) {
+            *y += x * scale;
+        }
+    });
+    y
+}
+
+struct AvgPool {
+    grid: [usize; 3],
+    n: usize,
+}
+
+impl CustomOp1 for AvgPool {
+    fn name(&self) -> &'static str {
+        "wit-avg-pool"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let [b, h, w] = self.grid;
+        let (_, c) = l.shape().dims2()?;
+        let out = float_kernel!(
+            "avg_pool",
+            s,
+            avg_pool_fwd(slice(s, l)?, c, self.grid, self.n)
+        );
+        Ok((out, Shape::from((b * (h / self.n) * (w / self.n), c))))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let (grid, n) = (self.grid, self.n);
+        Ok(Some(
+            dy.contiguous()?
+                .apply_op1_no_bwd(&AvgPoolGrad { grid, n })?,
+        ))
+    }
+}
+
+/// The backward of `AvgPool`: every input row gets its output row's gradient over `n²`.
+struct AvgPoolGrad {
+    grid: [usize; 3],
+    n: usize,
+}
+
+impl CustomOp1 for AvgPoolGrad {
+    fn name(&self) -> &'static str {
+        "wit-avg-pool-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let [b, h, w] = self.grid;
+        let (_, c) = l.shape().dims2()?;
+        let out = float_kernel!(
+            "avg_pool backward",
+            s,
+            avg_pool_bwd(slice(s, l)?, c, self.grid, self.n)
+        );
+        Ok((out, Shape::from((b * h * w, c))))
+    }
+}
+
+fn avg_pool_bwd<T: Real>(dy: &[T], c: usize, grid: [usize; 3], n: usize) -> Vec<T> {
+    let [b, h, w] = grid;
+    let scale = T::from(n * n).unwrap().recip();
+    let mut dx = vec![T::zero(); b * h * w * c];
+    dx.par_chunks_mut(rows_per_task(c) * c)
+        .enumerate()
+        .for_each(|(i, rows)| {
+            for (k, row) in rows.chunks_exact_mut(c).enumerate() {
+                let r = i * rows_per_task(c) + k;
+                let (image, iy, ix) = (r / (h * w), (r / w) % h, r % w);
+                let out = (image * (h / n) + iy / n) * (w / n) + ix / n;
+                for (d, &g) in row.iter_mut().zip(&dy[out * c..(out + 1) * c]) {
+                    *d = g * scale;
+                }
+            }
+        });
+    dx
 }
 
 /// The geometry of a square convolution window over an NHWC batch.
@@ -496,10 +631,8 @@ struct Window {
 }
 
 impl Window {
-    fn of(dims: &[usize], k: usize, stride: usize) -> Result<Window> {
-        let &[b, h, w, c] = dims else {
-            candle_core::bail!("im2col: expected NHWC, got shape {dims:?}")
-        };
+    fn of(grid: [usize; 3], c: usize, k: usize, stride: usize) -> Result<Window> {
+        let [b, h, w] = grid;
         let pad = k / 2;
         if k == 0 || stride == 0 || h + 2 * pad < k || w + 2 * pad < k {
             candle_core::bail!("im2col: a {k}x{k} window (stride {stride}) does not fit {h}x{w}")
@@ -590,6 +723,7 @@ fn col2im<T: Real>(dcols: &[T], g: Window) -> Vec<T> {
 }
 
 struct Im2Col {
+    grid: [usize; 3],
     k: usize,
     stride: usize,
 }
@@ -600,13 +734,14 @@ impl CustomOp1 for Im2Col {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = Window::of(l.dims(), self.k, self.stride)?;
+        let (_, c) = l.shape().dims2()?;
+        let g = Window::of(self.grid, c, self.k, self.stride)?;
         let out = float_kernel!("im2col", s, im2col_fwd(slice(s, l)?, g));
-        Ok((out, Shape::from((g.b, g.ho, g.wo, g.k * g.k * g.c))))
+        Ok((out, Shape::from((g.b * g.ho * g.wo, g.k * g.k * g.c))))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let g = Window::of(x.dims(), self.k, self.stride)?;
+        let g = Window::of(self.grid, x.dim(1)?, self.k, self.stride)?;
         Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&Col2Im(g))?))
     }
 }
@@ -621,7 +756,7 @@ impl CustomOp1 for Col2Im {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
         let out = float_kernel!("im2col backward", s, col2im(slice(s, l)?, g));
-        Ok((out, Shape::from((g.b, g.h, g.w, g.c))))
+        Ok((out, Shape::from((g.b * g.h * g.w, g.c))))
     }
 }
 
@@ -1347,12 +1482,27 @@ pub(crate) mod tests {
             (5, 4, 1, 1),
             (4, 4, 3, 3),
         ] {
-            let x = random(&[2, h, w, 3], 12, DType::F64);
+            let x = random(&[2 * h * w, 3], 12, DType::F64);
             assert_matches_plain(
-                |t| im2col(&t[0], k, stride),
-                |t| plain_im2col(&t[0], k, stride),
+                |t| im2col(&t[0], [2, h, w], k, stride),
+                |t| plain_im2col(&t[0], [2, h, w], k, stride),
                 &[x],
             );
+        }
+    }
+
+    #[test]
+    fn avg_pool_and_its_gradient_match_the_plain_ops() {
+        // 6000 output rows of 5 channels span two parallel blocks.
+        for (b, h, w, n) in [(2, 4, 6, 2), (1, 9, 3, 3), (3, 80, 100, 2)] {
+            let x = random(&[b * h * w, 5], 16, DType::F64);
+            let plain = |t: &[Tensor]| {
+                t[0].reshape((b, h / n, n, w / n, n, 5))?
+                    .mean(4)?
+                    .mean(2)?
+                    .reshape((b * (h / n) * (w / n), 5))
+            };
+            assert_matches_plain(|t| avg_pool(&t[0], [b, h, w], n), plain, &[x]);
         }
     }
 

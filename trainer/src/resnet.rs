@@ -3,10 +3,12 @@
 //! paper's anti-aliasing), and attention pooling in place of the global average pool. Parameters
 //! carry open_clip's `visual.*` names, so its state dict loads them.
 //!
-//! Activations are NHWC. Convolutions are `fused::im2col` and one matrix product, so the
+//! Activations are NHWC, kept as `(b·h·w, C)` rows (`Grid`) so no reshape sits between layers.
+//! Convolutions are `fused::im2col` and one matrix product, so the
 //! arithmetic is a GEMM both ways on every device and in bf16; candle's own CPU
 //! `conv_transpose2d` (its convolution's backward) is a direct loop without a matrix kernel.
-//! Training-mode BatchNorm (with the ReLU after it) is `fused::batch_norm`.
+//! Training-mode BatchNorm (with the ReLU after it) is `fused::batch_norm`, pooling
+//! `fused::avg_pool`.
 
 use crate::config::{ClipConfig, VisionLayers, RESNET_REDUCTION};
 use crate::fused;
@@ -58,37 +60,65 @@ impl Conv {
     }
 
     /// Zero padding `k / 2` on each side, so a stride-1 convolution keeps the size.
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let (b, _, _, c) = x.dims4()?;
+    fn forward(&self, x: &Grid) -> CResult<Grid> {
+        let c = x.rows.dim(1)?;
         let out = self.w.dim(0)?;
-        let k = self.k;
-        let cols = match k == 1 && self.stride == 1 {
-            true => x.clone(),
-            false => fused::im2col(x, k, self.stride)?,
+        let (k, s) = (self.k, self.stride);
+        let cols = match k == 1 && s == 1 {
+            true => x.rows.clone(),
+            false => fused::im2col(&x.rows, x.shape(), k, s)?,
         };
-        let (_, ho, wo, _) = cols.dims4()?;
         // Column order (ky, kx, in) matches the weight permuted to (out, ky, kx, in).
         let w = self
             .w
             .permute((0, 2, 3, 1))?
             .reshape((out, k * k * c))?
             .t()?;
-        cols.reshape((b * ho * wo, k * k * c))?
-            .matmul(&w)?
-            .reshape((b, ho, wo, out))
+        let side = |n: usize| (n + 2 * (k / 2) - k) / s + 1;
+        Ok(Grid {
+            rows: cols.matmul(&w)?,
+            b: x.b,
+            h: side(x.h),
+            w: side(x.w),
+        })
     }
 }
 
-/// `n × n` average pooling with stride `n` (PyTorch's `AvgPool2d(n)`), NHWC.
-fn avg_pool(x: &Tensor, n: usize) -> CResult<Tensor> {
-    if n == 1 {
-        return Ok(x.clone());
+/// An NHWC batch of activations kept as `(b·h·w, C)` rows, with the grid they form. Every layer
+/// reads and writes this form, so no reshape sits between layers: in candle each one costs the
+/// backward pass a zeroed buffer and an add over the whole activation.
+#[derive(Clone)]
+struct Grid {
+    rows: Tensor,
+    b: usize,
+    h: usize,
+    w: usize,
+}
+
+impl Grid {
+    fn shape(&self) -> [usize; 3] {
+        [self.b, self.h, self.w]
     }
-    let (b, h, w, c) = x.dims4()?;
-    x.reshape((b, h / n, n, w / n, n, c))?
-        .sum(4)?
-        .sum(2)?
-        .affine(1.0 / (n * n) as f64, 0.0)
+
+    /// The same rows as another tensor of this grid (a layer's output that keeps the size).
+    fn with(&self, rows: Tensor) -> Grid {
+        Grid {
+            rows,
+            b: self.b,
+            h: self.h,
+            w: self.w,
+        }
+    }
+
+    /// `n × n` average pooling with stride `n` (PyTorch's `AvgPool2d(n)`).
+    fn avg_pool(&self, n: usize) -> CResult<Grid> {
+        Ok(Grid {
+            rows: fused::avg_pool(&self.rows, self.shape(), n)?,
+            b: self.b,
+            h: self.h / n,
+            w: self.w / n,
+        })
+    }
 }
 
 /// BatchNorm over the channels (last axis) with learnable gain and bias and running statistics.
@@ -109,17 +139,15 @@ impl BatchNorm {
         })
     }
 
-    /// BatchNorm, then ReLU if `relu` (fused with it on the CPU). Statistics are taken in f32
+    /// BatchNorm of `(rows, C)` `x`, then ReLU if `relu` (fused with it on the CPU). Statistics are taken in f32
     /// or wider (bf16 sums lose the mean), as PyTorch's autocast does.
     fn forward(&self, x: &Tensor, mode: Mode, relu: bool) -> CResult<Tensor> {
-        let dims = x.dims().to_vec();
-        let c = dims[dims.len() - 1];
+        let rows = x.dim(0)?;
         let stat_dtype = match x.dtype() {
             DType::BF16 | DType::F16 => DType::F32,
             other => other,
         };
-        let rows = x.elem_count() / c;
-        let x32 = cast(x, stat_dtype)?.reshape((rows, c))?;
+        let x32 = cast(x, stat_dtype)?;
         let (g, b) = (cast(&self.g, stat_dtype)?, cast(&self.b, stat_dtype)?);
         let y = match mode {
             Mode::Eval => {
@@ -146,7 +174,7 @@ impl BatchNorm {
                 y
             }
         };
-        cast(&y, x.dtype())?.reshape(dims)
+        cast(&y, x.dtype())
     }
 
     /// `running ← (1 − m) running + m · factor · batch`, outside the graph.
@@ -182,8 +210,9 @@ impl ConvBn {
         })
     }
 
-    fn forward(&self, x: &Tensor, mode: Mode, relu: bool) -> CResult<Tensor> {
-        self.bn.forward(&self.conv.forward(x)?, mode, relu)
+    fn forward(&self, x: &Grid, mode: Mode, relu: bool) -> CResult<Grid> {
+        let y = self.conv.forward(x)?;
+        Ok(y.with(self.bn.forward(&y.rows, mode, relu)?))
     }
 }
 
@@ -244,17 +273,17 @@ impl Bottleneck {
         })
     }
 
-    fn forward(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
+    fn forward(&self, x: &Grid, mode: Mode) -> CResult<Grid> {
         let h = self.reduce.forward(x, mode, true)?;
         let h = self.spatial.forward(&h, mode, true)?;
         let h = self
             .expand
-            .forward(&avg_pool(&h, self.stride)?, mode, false)?;
+            .forward(&h.avg_pool(self.stride)?, mode, false)?;
         let identity = match &self.shortcut {
-            Some(unit) => unit.forward(&avg_pool(x, self.stride)?, mode, false)?,
-            None => x.clone(),
+            Some(unit) => unit.forward(&x.avg_pool(self.stride)?, mode, false)?.rows,
+            None => x.rows.clone(),
         };
-        (h + identity)?.relu()
+        Ok(h.with((&h.rows + identity)?.relu()?))
     }
 }
 
@@ -296,13 +325,13 @@ impl AttentionPool {
         })
     }
 
-    /// NHWC grid in, `(B, out)` features out. Only the pooled query's row is computed: the
-    /// grid's own queries (open_clip computes and drops them) change nothing.
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let (b, h, w, c) = x.dims4()?;
-        let t = h * w + 1;
+    /// The last stage's grid in, `(B, out)` features out. Only the pooled query's row is
+    /// computed: the grid's own queries (open_clip computes and drops them) change nothing.
+    fn forward(&self, x: &Grid) -> CResult<Tensor> {
+        let (b, c) = (x.b, x.rows.dim(1)?);
+        let t = x.h * x.w + 1;
         let hd = c / self.heads;
-        let grid = x.reshape((b, h * w, c))?;
+        let grid = x.rows.reshape((b, x.h * x.w, c))?;
         let tokens = Tensor::cat(&[&grid.mean_keepdim(1)?, &grid], 1)?.broadcast_add(&self.pos)?;
         let q = self
             .q
@@ -367,15 +396,24 @@ impl ResNetTower {
 
     /// `(B, 3, H, W)` images in, `(B, embed_dim)` features out.
     pub(crate) fn forward(&self, images: &Tensor, dtype: DType, mode: Mode) -> CResult<Tensor> {
-        let mut x = cast(images, dtype)?.permute((0, 2, 3, 1))?.contiguous()?;
+        let (b, _, h, w) = images.dims4()?;
+        let mut x = Grid {
+            rows: cast(images, dtype)?
+                .permute((0, 2, 3, 1))?
+                .contiguous()?
+                .reshape((b * h * w, 3))?,
+            b,
+            h,
+            w,
+        };
         for unit in &self.stem {
             x = unit.forward(&x, mode, true)?;
         }
-        x = avg_pool(&x, 2)?;
+        x = x.avg_pool(2)?;
         for block in &self.stages {
             x = block.forward(&x, mode)?;
         }
-        debug_assert_eq!(x.dim(1)?, images.dim(2)? / RESNET_REDUCTION);
+        debug_assert_eq!(x.h, h / RESNET_REDUCTION);
         self.pool.forward(&x)
     }
 }
@@ -392,8 +430,21 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
-    fn nhwc(x: &Tensor) -> Tensor {
-        x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap()
+    /// An NCHW tensor as the tower's `(b·h·w, C)` rows.
+    fn rows(x: &Tensor) -> Tensor {
+        let (b, c, h, w) = x.dims4().unwrap();
+        let nhwc = x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+        nhwc.reshape((b * h * w, c)).unwrap()
+    }
+
+    fn grid(x: &Tensor) -> Grid {
+        let (b, _, h, w) = x.dims4().unwrap();
+        Grid {
+            rows: rows(x),
+            b,
+            h,
+            w,
+        }
     }
 
     #[test]
@@ -408,8 +459,9 @@ mod tests {
                 k,
                 stride,
             };
-            let got = conv.forward(&nhwc(&x)).unwrap();
-            let d = max_abs_diff(&got, &nhwc(&want));
+            let got = conv.forward(&grid(&x)).unwrap();
+            assert_eq!((got.h, got.w), (want.dim(2).unwrap(), want.dim(3).unwrap()));
+            let d = max_abs_diff(&got.rows, &rows(&want));
             assert!(d < 1e-12, "{h}x{w} k{k} s{stride}: differs by {d}");
         }
     }
@@ -432,8 +484,8 @@ mod tests {
                 k,
                 stride,
             };
-            let y = conv.forward(&nhwc(&x)).unwrap();
-            let got = (y * nhwc(&r))
+            let y = conv.forward(&grid(&x)).unwrap().rows;
+            let got = (y * rows(&r))
                 .unwrap()
                 .sum_all()
                 .unwrap()
@@ -454,9 +506,9 @@ mod tests {
         let mut pb = ParamBuilder::for_tests(DType::F64);
         let bn = BatchNorm::build(&mut pb, "bn", 3, 1.0).unwrap();
         let base: Vec<f64> = ramp(&[60], 7.0).to_vec1().unwrap();
-        let r = ramp(&[4, 5, 1, 3], 8.0);
+        let r = ramp(&[20, 3], 8.0);
         let loss = |v: &[f64]| {
-            let x = Tensor::from_vec(v.to_vec(), (4, 5, 1, 3), &Device::Cpu).unwrap();
+            let x = Tensor::from_vec(v.to_vec(), (20, 3), &Device::Cpu).unwrap();
             let x = Var::from_tensor(&x).unwrap();
             let y = bn
                 .forward(
@@ -494,19 +546,18 @@ mod tests {
     fn average_pool_equals_candles() {
         let x = ramp(&[2, 3, 8, 4], 3.0);
         let want = x.avg_pool2d(2).unwrap();
-        let got = avg_pool(&nhwc(&x), 2).unwrap();
-        assert!(max_abs_diff(&got, &nhwc(&want)) < 1e-12);
+        let got = grid(&x).avg_pool(2).unwrap();
+        assert_eq!((got.h, got.w), (4, 2));
+        assert!(max_abs_diff(&got.rows, &rows(&want)) < 1e-12);
     }
 
     #[test]
     fn batch_norm_trains_on_batch_statistics_and_infers_on_running_ones() {
         let mut pb = ParamBuilder::for_tests(DType::F64);
         let bn = BatchNorm::build(&mut pb, "bn", 3, 1.0).unwrap();
-        let x = ramp(&[4, 2, 2, 3], 5.0).affine(2.0, 3.0).unwrap();
+        let x = ramp(&[16, 3], 5.0).affine(2.0, 3.0).unwrap();
         let y = bn
             .forward(&x, Mode::Train { update_stats: true }, false)
-            .unwrap()
-            .reshape((16, 3))
             .unwrap();
         // Normalised per channel: mean 0, (biased) variance 1 − ε-ish.
         let mean = y.mean(0).unwrap().to_vec1::<f64>().unwrap();
@@ -520,24 +571,16 @@ mod tests {
             );
         }
         // Running mean moved a tenth of the way from 0 to the batch mean (PyTorch's momentum).
-        let batch_mean = x.reshape((16, 3)).unwrap().mean(0).unwrap();
+        let batch_mean = x.mean(0).unwrap();
         let running = bn.mean.as_tensor();
         assert!(max_abs_diff(running, &batch_mean.affine(0.1, 0.0).unwrap()) < 1e-12);
         // Eval reads the running statistics: with them set to the batch's, eval equals train.
         bn.mean.set(&batch_mean).unwrap();
-        let centered = x
-            .reshape((16, 3))
-            .unwrap()
-            .broadcast_sub(&batch_mean)
-            .unwrap();
+        let centered = x.broadcast_sub(&batch_mean).unwrap();
         bn.var
             .set(&centered.sqr().unwrap().mean(0).unwrap())
             .unwrap();
-        let eval = bn
-            .forward(&x, Mode::Eval, false)
-            .unwrap()
-            .reshape((16, 3))
-            .unwrap();
+        let eval = bn.forward(&x, Mode::Eval, false).unwrap();
         assert!(max_abs_diff(&eval, &y) < 1e-12);
     }
 }
