@@ -87,7 +87,6 @@ impl Conv {
 /// An NHWC batch of activations kept as `(b·h·w, C)` rows, with the grid they form. Every layer
 /// reads and writes this form, so no reshape sits between layers: in candle each one costs the
 /// backward pass a zeroed buffer and an add over the whole activation.
-#[derive(Clone)]
 struct Grid {
     rows: Tensor,
     b: usize,
@@ -96,6 +95,7 @@ struct Grid {
 }
 
 impl Grid {
+    /// `[b, h, w]`, what the fused ops take to read the rows as images.
     fn shape(&self) -> [usize; 3] {
         [self.b, self.h, self.w]
     }
