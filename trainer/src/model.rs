@@ -684,7 +684,16 @@ impl ClipModel {
 
     /// L2-normalised image embeddings `(B, embed_dim)`: what retrieval and the loss compare.
     pub fn encode_image(&self, images: &Tensor) -> Result<Tensor, TrainError> {
-        Ok(l2_normalize(&self.image_features(images)?)?)
+        self.encode_image_in(images, Mode::Eval)
+    }
+
+    /// `encode_image` in the given BatchNorm mode (training uses the batch's statistics).
+    pub(crate) fn encode_image_in(
+        &self,
+        images: &Tensor,
+        mode: Mode,
+    ) -> Result<Tensor, TrainError> {
+        Ok(l2_normalize(&self.image_features_in(images, mode)?)?)
     }
 
     /// L2-normalised text embeddings `(B, embed_dim)`.

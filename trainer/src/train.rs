@@ -69,7 +69,7 @@ impl Features {
     /// Encodes `b` in training mode; captions and negatives go through the text tower in one
     /// pass. `update_stats`: fold the batch's statistics into BatchNorm's running ones.
     fn of(m: &ClipModel, b: &MicroBatch, update_stats: bool) -> Result<Features, TrainError> {
-        let image = l2_normalize(&m.image_features_in(&b.images, Mode::Train { update_stats })?)?;
+        let image = m.encode_image_in(&b.images, Mode::Train { update_stats })?;
         let Some(neg) = &b.negatives else {
             let text = m.encode_text(&b.tokens)?;
             return Ok(Features {

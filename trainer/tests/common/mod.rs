@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use wit_trainer::{ClipConfig, MicroBatch, Retrieval, TextConfig, TrainConfig};
+use wit_trainer::{ClipConfig, Gradients, MicroBatch, Retrieval, TextConfig, TrainConfig, Trainer};
 
 /// The text tower of the test models: the synthetic task's 16-token vocabulary, 8-token
 /// captions, two small blocks.
@@ -118,4 +118,26 @@ pub fn learn_and_score(
     let r = wit_trainer::retrieval(&img, &txt).unwrap();
     assert_eq!(r.n, 64);
     r
+}
+
+/// Every trainable tensor of `t`'s model (at least `min_tensors` of them) has a gradient in `g`
+/// with a finite norm above `floor`: the graph reaches it (the fused-kernel trap). Key biases
+/// only need to be present and finite: shifting every key of a query equally moves nothing
+/// softmax sees, so their true gradient is zero.
+pub fn assert_every_tensor_learns(t: &Trainer, g: &Gradients, min_tensors: usize, floor: f64) {
+    let vars = t.model().vars();
+    assert!(
+        vars.len() >= min_tensors,
+        "expected the full parameter set, got {}",
+        vars.len()
+    );
+    for name in vars.keys() {
+        let grad = g
+            .grads
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} got no gradient: the graph is cut"));
+        let n = norm(grad);
+        let learns = n > floor || name.ends_with("k_proj.bias");
+        assert!(n.is_finite() && learns, "{name} gradient norm {n}");
+    }
 }
