@@ -4,7 +4,7 @@
 //! and whose every number parses (the trainer row runs wit only: PyTorch is for full runs). Timings
 //! themselves are never asserted.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -2,9 +2,7 @@
 //! 127.0.0.1), with Python's pyarrow reading the pairs table and warcio writing and reading
 //! the WARC/WAT files.
 
-mod common;
-
-use common::{python, scratch, wit, wit_ok};
+use crate::common::{python, scratch, wit, wit_ok};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpListener;

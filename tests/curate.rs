@@ -1,7 +1,7 @@
 //! `wit queries build` and `wit curate` end to end through the binary, on generated pools with
 //! known query frequencies.
 
-mod common;
+use crate::common;
 
 use std::fs::File;
 use std::path::Path;

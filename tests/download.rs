@@ -1,8 +1,6 @@
 //! `wit download` end to end: the real binary against the embedded test web on 127.0.0.1.
 
-mod common;
-
-use common::{scratch, wit, wit_bin, wit_ok};
+use crate::common::{scratch, wit, wit_bin, wit_ok};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! against their stated bounds, the HTML opened in headless Chromium, and a 2,000-shard folder
 //! merged in bounded memory.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};

@@ -3,7 +3,7 @@
 //! written here (plain std sockets) must reach every row's `expected` outcome, fault area
 //! included; the same seed must serve the same bytes.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

@@ -2,9 +2,7 @@
 //! checkpoint folder is a Hugging Face CLIP export (names read back by Python from the raw
 //! safetensors header), the log has a line per step, and eval writes the documented JSON.
 
-mod common;
-
-use common::{python, scratch, wit_ok};
+use crate::common::{python, scratch, wit_ok};
 use rand::SeedableRng;
 use std::path::Path;
 use webimagetext::testweb::scene::{caption, render, Scene};

@@ -2,9 +2,7 @@
 //! drops the connection half-way through the next: the loader must retry, resume with a Range
 //! request, and produce exactly the batches of the same shards read locally.
 
-mod common;
-
-use common::{config, make_shards};
+use crate::common::{config, make_shards};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};

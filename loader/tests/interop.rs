@@ -1,8 +1,7 @@
 //! Shards from Python webdataset's ShardWriter, wids indexes, and damaged shards.
 
-mod common;
-
-use common::{config, jpeg, make_shards, python, write_tar};
+use crate::common;
+use crate::common::{config, jpeg, make_shards, python, write_tar};
 use std::collections::BTreeMap;
 use wit_loader::Loader;
 

@@ -2,9 +2,8 @@
 //! token rows, at most `per_sample` per sample, drawn deterministically; bad or missing lists
 //! leave the sample a plain pair.
 
-mod common;
-
-use common::{caption, config, jpeg, write_tar};
+use crate::common;
+use crate::common::{caption, config, jpeg, write_tar};
 use std::collections::HashSet;
 use wit_loader::{HardNegatives, Loader};
 

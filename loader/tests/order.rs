@@ -2,9 +2,7 @@
 //! state, equal batch counts per rank with uneven shards, fixed epoch length, resampling,
 //! single pass.
 
-mod common;
-
-use common::{config, make_shards};
+use crate::common::{config, make_shards};
 use std::collections::HashSet;
 use wit_loader::{Loader, LoaderConfig, LoaderState};
 

@@ -1,6 +1,6 @@
 //! CLIP framing of token rows, truncation, and the saved tokenizer.json loading back.
 
-mod common;
+use crate::common;
 
 use wit_loader::{TextTokenizer, CONTEXT_LENGTH};
 

@@ -1,8 +1,6 @@
 //! Crop geometry and pixel numerics, the latter against Python PIL + numpy on the same images.
 
-mod common;
-
-use common::{config, jpeg, photo, png, python, write_tar};
+use crate::common::{config, jpeg, photo, png, python, write_tar};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use wit_loader::transform::{

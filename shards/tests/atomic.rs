@@ -1,9 +1,7 @@
 //! Atomic finalization: whatever happens (drop, failure, kill -9), no partial file ever appears
 //! under a final name, and `_stats.json` exists only when tar and parquet are complete.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -144,7 +142,7 @@ fn a_killed_writer_never_leaves_a_partial_final_file() {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "a_killed_writer_never_leaves_a_partial_final_file",
+                "atomic::a_killed_writer_never_leaves_a_partial_final_file",
                 "--nocapture",
             ])
             .env(CHILD_ENV, dir.path())

@@ -1,9 +1,7 @@
 //! Truncated, corrupt and unreadable tar streams end in a clean `ShardError` that says where:
 //! never a panic, never an endless loop, never a silently short shard.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::io::Read;
 use wit_shards::*;
 

@@ -2,9 +2,7 @@
 //! the venv made by `scripts/setup-python.sh`: they must read what we write, and we must read
 //! what webdataset writes.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::fs;
 use std::path::Path;

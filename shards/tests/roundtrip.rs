@@ -1,8 +1,6 @@
 //! Writing shards and reading them back: contents, key order, determinism, stats and the index.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::fs;
 use wit_shards::*;
 

@@ -2,10 +2,10 @@
 //! BatchNorm's two modes, exact resume, features equal to a NumPy re-implementation of
 //! open_clip's `ModifiedResNet`, and learning.
 
-mod common;
+use crate::common;
 
+use crate::common::{batch, cosine, norm};
 use candle_core::{DType, Device, Tensor};
-use common::{batch, cosine, norm};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;

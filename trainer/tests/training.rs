@@ -2,10 +2,10 @@
 //! reference and finite differences, accumulation equals one big batch, resume is exact, and a small
 //! model learns a synthetic task far above chance.
 
-mod common;
+use crate::common;
 
+use crate::common::{batch, cosine, norm};
 use candle_core::{DType, Device, Tensor};
-use common::{batch, cosine, norm};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;

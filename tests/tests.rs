@@ -1,0 +1,12 @@
+//! The workspace's end-to-end tests: the `wit` binary driven against the embedded test web, one binary (one link, one copy of the dependencies on disk) with a module per
+//! concern.
+
+mod common;
+
+mod bench_smoke;
+mod crawl;
+mod curate;
+mod download;
+mod stats;
+mod testweb;
+mod train;
