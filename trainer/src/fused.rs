@@ -1,7 +1,7 @@
 //! Fused CPU kernels, each with a hand-written backward pass, for the layers of a small
 //! transformer whose candle graphs cost more than their arithmetic: exact-erf GELU, LayerNorm,
 //! linear layers with a bias, and (causal) scaled dot-product attention; and the ResNet's im2col,
-//! average pooling and training-mode BatchNorm (+ ReLU).
+//! average pooling, training-mode BatchNorm (+ ReLU) and residual join (add + ReLU).
 //!
 //! candle's own fused versions have no backward (the graph is silently cut), and the same layers
 //! spelled out in plain ops take 5–12 passes over memory each way: GELU's backward alone is a dozen
@@ -753,6 +753,108 @@ impl CustomOp1 for Col2Im {
     }
 }
 
+/// `ReLU(a + b)`, a residual block's join: one pass each way on the CPU, where the plain ops take
+/// two forward and four back (ReLU's mask from a zero tensor, a comparison, a cast, a product).
+/// The gradient is zero where the sum is not positive, PyTorch's convention at zero.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fusable(a) && b.dtype() == a.dtype() && fusable(b) {
+        a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
+    } else {
+        plain_add_relu(a, b)
+    }
+}
+
+/// `add_relu` from plain ops, for devices and dtypes the CPU kernel does not take.
+fn plain_add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    (a + b)?.relu()
+}
+
+fn add_relu_fwd<T: Real>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut y = vec![T::zero(); a.len()];
+    y.par_chunks_mut(TASK_ELEMS)
+        .zip(a.par_chunks(TASK_ELEMS).zip(b.par_chunks(TASK_ELEMS)))
+        .for_each(|(y, (a, b))| {
+            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                *y = Float::max(a + b, T::zero());
+            }
+        });
+    y
+}
+
+/// `dy` where the output `y` is positive, zero elsewhere: the gradient of both summands.
+fn relu_bwd<T: Real>(y: &[T], dy: &[T]) -> Vec<T> {
+    let mut dx = vec![T::zero(); y.len()];
+    dx.par_chunks_mut(TASK_ELEMS)
+        .zip(y.par_chunks(TASK_ELEMS).zip(dy.par_chunks(TASK_ELEMS)))
+        .for_each(|(dx, (y, dy))| {
+            for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
+                *dx = if y > T::zero() { dy } else { T::zero() };
+            }
+        });
+    dx
+}
+
+struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "wit-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            return Err(candle_core::Error::ShapeMismatchBinaryOp {
+                lhs: l1.shape().clone(),
+                rhs: l2.shape().clone(),
+                op: "add_relu",
+            });
+        }
+        let out = float_kernel!("add_relu", s1, add_relu_fwd(slice(s1, l1)?, slice(s2, l2)?));
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = y.apply_op2_no_bwd(&dy.contiguous()?, &ReluGrad)?;
+        Ok((Some(dx.clone()), Some(dx)))
+    }
+}
+
+/// The backward of `AddRelu`: `relu_bwd` over its output and the incoming gradient.
+struct ReluGrad;
+
+impl CustomOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "wit-relu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = float_kernel!(
+            "relu backward",
+            s1,
+            relu_bwd(slice(s1, l1)?, slice(s2, l2)?)
+        );
+        Ok((out, l1.shape().clone()))
+    }
+}
+
 /// Training-mode BatchNorm over the last axis of `x` (`rows × C`): each channel normalised by the
 /// batch's mean and biased variance, then scaled by `g` and shifted by `b`, then ReLU if `relu`.
 /// Returns the output and the batch's mean and variance (for the running statistics). The CPU op
@@ -820,6 +922,11 @@ fn channel_sums<T: Real>(
         )
 }
 
+/// Row `r` of a `rows × c` block.
+fn row_of<T>(v: &[T], c: usize, r: usize) -> &[T] {
+    &v[r * c..(r + 1) * c]
+}
+
 /// Mean then biased variance of each channel of `rows × c` `x`, as a `2 × c` block (two passes,
 /// so the variance does not cancel).
 fn batch_stats<T: Real>(x: &[T], c: usize) -> Vec<T> {
@@ -881,17 +988,22 @@ fn batch_norm_bwd<T: Real>(x: &[T], params: &[T], dy: &[T], eps: f64, relu: bool
     let (mean, var) = stats.split_at(c);
     let eps_t = T::from(eps).unwrap();
     let rstd: Vec<T> = var.iter().map(|&v| (v + eps_t).sqrt().recip()).collect();
-    // The ReLU's gradient mask and x̂ for element (r, j).
-    let at = |r: usize, j: usize| {
-        let xhat = (x[r * c + j] - mean[j]) * rstd[j];
+    let (g, b, mean, rstd) = (&g[..c], &b[..c], &mean[..c], &rstd[..c]);
+    // x̂ and the output gradient where the ReLU passed it, for channel `j` of one row (slices of
+    // length `c`, so the loops below index without bounds checks and vectorise).
+    let at = |x: &[T], dy: &[T], j: usize| {
+        let xhat = (x[j] - mean[j]) * rstd[j];
         let passed = !relu || xhat * g[j] + b[j] >= T::zero();
-        (xhat, if passed { dy[r * c + j] } else { T::zero() })
+        (xhat, if passed { dy[j] } else { T::zero() })
     };
     let sums = channel_sums(rows, c, 2, |r, acc| {
+        let (x, dy) = (row_of(x, c, r), row_of(dy, c, r));
+        let (sum_dxhat, sum_d) = acc.split_at_mut(c);
+        let (sum_dxhat, sum_d) = (&mut sum_dxhat[..c], &mut sum_d[..c]);
         for j in 0..c {
-            let (xhat, d) = at(r, j);
-            acc[j] += d * xhat;
-            acc[c + j] += d;
+            let (xhat, d) = at(x, dy, j);
+            sum_dxhat[j] += d * xhat;
+            sum_d[j] += d;
         }
     });
     let n = T::from(rows.max(1)).unwrap();
@@ -899,14 +1011,21 @@ fn batch_norm_bwd<T: Real>(x: &[T], params: &[T], dy: &[T], eps: f64, relu: bool
     let (dx, tail) = out.split_at_mut(rows * c);
     tail.copy_from_slice(&sums);
     let (dg, db) = sums.split_at(c);
-    dx.par_chunks_mut(rows_per_task(c) * c)
+    // dx = g/σ · (d − db/N − x̂·dg/N), with the per-channel factors computed once.
+    let gain: Vec<T> = g.iter().zip(rstd).map(|(&g, &r)| g * r).collect();
+    let mean_db: Vec<T> = db.iter().map(|&v| v / n).collect();
+    let mean_dg: Vec<T> = dg.iter().map(|&v| v / n).collect();
+    let (gain, mean_db, mean_dg) = (&gain[..c], &mean_db[..c], &mean_dg[..c]);
+    let task_rows = rows_per_task(c);
+    dx.par_chunks_mut(task_rows * c)
         .enumerate()
         .for_each(|(i, block)| {
-            let first = i * rows_per_task(c);
-            for (k, row) in block.chunks_exact_mut(c).enumerate() {
+            for (k, out) in block.chunks_exact_mut(c).enumerate() {
+                let r = i * task_rows + k;
+                let (x, dy, out) = (row_of(x, c, r), row_of(dy, c, r), &mut out[..c]);
                 for j in 0..c {
-                    let (xhat, d) = at(first + k, j);
-                    row[j] = g[j] * rstd[j] * (d - db[j] / n - xhat * dg[j] / n);
+                    let (xhat, d) = at(x, dy, j);
+                    out[j] = gain[j] * (d - mean_db[j] - xhat * mean_dg[j]);
                 }
             }
         });
@@ -1495,6 +1614,19 @@ pub(crate) mod tests {
                 &[x],
             );
         }
+    }
+
+    #[test]
+    fn add_relu_and_its_gradients_match_the_plain_ops() {
+        let (a, b) = (
+            random(&[40, 33], 30, DType::F64),
+            random(&[40, 33], 31, DType::F64),
+        );
+        assert_matches_plain(
+            |t| add_relu(&t[0], &t[1]),
+            |t| plain_add_relu(&t[0], &t[1]),
+            &[a, b],
+        );
     }
 
     #[test]

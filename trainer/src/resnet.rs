@@ -283,7 +283,7 @@ impl Bottleneck {
             Some(unit) => unit.forward(&x.avg_pool(self.stride)?, mode, false)?.rows,
             None => x.rows.clone(),
         };
-        Ok(h.with((&h.rows + identity)?.relu()?))
+        Ok(h.with(fused::add_relu(&h.rows, &identity)?))
     }
 }
 
