@@ -755,7 +755,8 @@ impl CustomOp1 for Col2Im {
 
 /// `ReLU(a + b)`, a residual block's join: one pass each way on the CPU, where the plain ops take
 /// two forward and four back (ReLU's mask from a zero tensor, a comparison, a cast, a product).
-/// The gradient is zero where the sum is not positive, PyTorch's convention at zero.
+/// The gradient is zero where the sum is not positive (PyTorch's convention; candle's ReLU, which
+/// the plain-op fallback uses, also passes it where the sum is exactly zero).
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if fusable(a) && b.dtype() == a.dtype() && fusable(b) {
         a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
@@ -932,13 +933,14 @@ fn row_of<T>(v: &[T], c: usize, r: usize) -> &[T] {
 fn batch_stats<T: Real>(x: &[T], c: usize) -> Vec<T> {
     let rows = x.len() / c;
     let n = T::from(rows.max(1)).unwrap();
-    let row = |r: usize| &x[r * c..(r + 1) * c];
     let mut mean = channel_sums(rows, c, 1, |r, acc: &mut [T]| {
-        acc.iter_mut().zip(row(r)).for_each(|(a, &v)| *a += v)
+        acc.iter_mut()
+            .zip(row_of(x, c, r))
+            .for_each(|(a, &v)| *a += v)
     });
     mean.iter_mut().for_each(|m| *m /= n);
     let mut var = channel_sums(rows, c, 1, |r, acc: &mut [T]| {
-        for ((a, &v), &m) in acc.iter_mut().zip(row(r)).zip(&mean) {
+        for ((a, &v), &m) in acc.iter_mut().zip(row_of(x, c, r)).zip(&mean) {
             *a += (v - m) * (v - m);
         }
     });
