@@ -991,8 +991,8 @@ fn batch_norm_bwd<T: Real>(x: &[T], params: &[T], dy: &[T], eps: f64, relu: bool
     let eps_t = T::from(eps).unwrap();
     let rstd: Vec<T> = var.iter().map(|&v| (v + eps_t).sqrt().recip()).collect();
     let (g, b, mean, rstd) = (&g[..c], &b[..c], &mean[..c], &rstd[..c]);
-    // x̂ and the output gradient where the ReLU passed it, for channel `j` of one row (slices of
-    // length `c`, so the loops below index without bounds checks and vectorise).
+    // x̂ and the output gradient where the ReLU passed it, for channel `j` of one row (`x` and
+    // `dy` are that row's slices of length `c`).
     let at = |x: &[T], dy: &[T], j: usize| {
         let xhat = (x[j] - mean[j]) * rstd[j];
         let passed = !relu || xhat * g[j] + b[j] >= T::zero();
