@@ -138,13 +138,13 @@ fn a_killed_writer_never_leaves_a_partial_final_file() {
         .flat_map(|id| ["tar", "parquet"].map(|ext| format!("{id:05}.{ext}")))
         .collect();
     let dir = tempfile::tempdir().unwrap();
+    // This test's name as the harness lists it: its module path without the crate.
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let me = format!("{module}::a_killed_writer_never_leaves_a_partial_final_file");
+    let mut child_wrote = false;
     for round in 0..10u64 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "atomic::a_killed_writer_never_leaves_a_partial_final_file",
-                "--nocapture",
-            ])
+            .args(["--exact", &me, "--nocapture"])
             .env(CHILD_ENV, dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -153,6 +153,7 @@ fn a_killed_writer_never_leaves_a_partial_final_file() {
         std::thread::sleep(Duration::from_millis(60 + round * 53));
         child.kill().unwrap();
         child.wait().unwrap();
+        child_wrote |= !names(dir.path()).is_empty();
         for name in names(dir.path()).iter().filter(|n| !n.starts_with('.')) {
             let path = dir.path().join(name);
             if let Some(id) = name.strip_suffix("_stats.json") {
@@ -172,6 +173,10 @@ fn a_killed_writer_never_leaves_a_partial_final_file() {
             }
         }
     }
+    assert!(
+        child_wrote,
+        "the killed child never wrote a file: does `--exact {me}` name this test?"
+    );
     for id in 0..SHARDS {
         write_shard(dir.path(), id, &rows);
     }
