@@ -70,7 +70,8 @@ pub(crate) struct ParamBuilder {
     rng: ChaCha8Rng,
     vars: BTreeMap<String, Var>,
     /// State the forward pass keeps but the optimiser never touches (BatchNorm's running
-    /// statistics), in the masters' dtype. When rebuilding, the existing ones are reused.
+    /// statistics, in the masters' dtype, and its i64 batch counters). When rebuilding, the
+    /// existing ones are reused.
     buffers: BTreeMap<String, Var>,
     dtype: DType,
     device: Device,
@@ -93,12 +94,24 @@ impl ParamBuilder {
         }
     }
 
-    /// The buffer `name` filled with `value`, or the existing one when rebuilding.
+    /// The buffer `name` filled with `value` in the masters' dtype, or the existing one when
+    /// rebuilding.
     pub(crate) fn buffer(&mut self, name: &str, shape: &[usize], value: f64) -> CResult<Var> {
+        self.typed_buffer(name, shape, value, self.dtype)
+    }
+
+    /// `buffer` in `dtype` (a counter's i64, as PyTorch keeps it).
+    pub(crate) fn typed_buffer(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        value: f64,
+        dtype: DType,
+    ) -> CResult<Var> {
         if let Some(var) = self.buffers.get(name) {
             return Ok(var.clone());
         }
-        let t = Tensor::full(value, shape, &self.device)?.to_dtype(self.dtype)?;
+        let t = Tensor::full(value, shape, &self.device)?.to_dtype(dtype)?;
         let var = Var::from_tensor(&t)?;
         self.buffers.insert(name.to_string(), var.clone());
         Ok(var)
@@ -655,7 +668,8 @@ impl ClipModel {
     }
 
     /// State the forward pass keeps besides the parameters, by name: BatchNorm's running
-    /// statistics (a ResNet's; a ViT has none). Saved and loaded with the weights.
+    /// statistics and batch counters (a ResNet's; a ViT has none). Saved and loaded with the
+    /// weights.
     pub fn buffers(&self) -> &BTreeMap<String, Var> {
         &self.buffers
     }
@@ -728,13 +742,22 @@ impl ClipModel {
     }
 
     /// Saves the weights and buffers under their Hugging Face names (a ResNet's under open_clip's
-    /// `visual.*` names) in f32 safetensors.
+    /// `visual.*` names) in f32 safetensors; integer buffers (BatchNorm's `num_batches_tracked`)
+    /// stay i64, as PyTorch's state dict has them, so open_clip loads the file strictly.
     pub fn save_weights(&self, path: &std::path::Path) -> Result<(), TrainError> {
         let tensors = self
             .vars
             .iter()
             .chain(&self.buffers)
-            .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_dtype(DType::F32)?)))
+            .map(|(n, v)| {
+                let t = v.as_tensor();
+                let t = if t.dtype().is_float() {
+                    t.to_dtype(DType::F32)?
+                } else {
+                    t.clone()
+                };
+                Ok((n.clone(), t))
+            })
             .collect::<Result<HashMap<_, _>, candle_core::Error>>()?;
         crate::checkpoint::save_atomic(&tensors, path)
     }

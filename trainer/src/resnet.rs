@@ -127,6 +127,9 @@ struct BatchNorm {
     b: Tensor,
     mean: Var,
     var: Var,
+    /// How many batches were folded into the running statistics (PyTorch's
+    /// `num_batches_tracked`, i64): part of open_clip's state dict, so a strict load needs it.
+    folded: Var,
 }
 
 impl BatchNorm {
@@ -136,6 +139,12 @@ impl BatchNorm {
             b: pb.constant(&format!("{name}.bias"), &[width], 0.0)?,
             mean: pb.buffer(&format!("{name}.running_mean"), &[width], 0.0)?,
             var: pb.buffer(&format!("{name}.running_var"), &[width], 1.0)?,
+            folded: pb.typed_buffer(
+                &format!("{name}.num_batches_tracked"),
+                &[],
+                0.0,
+                DType::I64,
+            )?,
         })
     }
 
@@ -170,6 +179,8 @@ impl BatchNorm {
                     let unbiased = rows as f64 / (rows.max(2) - 1) as f64;
                     self.fold(&self.mean, &mean, 1.0)?;
                     self.fold(&self.var, &var, unbiased)?;
+                    self.folded
+                        .set(&self.folded.as_tensor().affine(1.0, 1.0)?)?;
                 }
                 y
             }

@@ -81,11 +81,11 @@ fn open_clips_resnet_json_reads_unchanged_and_builds_its_parameters() {
     let cfg = ClipConfig::resolve(path.to_str().unwrap()).unwrap();
     assert_eq!(cfg, ClipConfig::named("rn50").unwrap());
     assert_eq!(cfg.vision_cfg.num_heads(), 32);
-    // open_clip's ModifiedResNet(...).named_parameters() / named_buffers() (without
-    // num_batches_tracked), counted with open_clip 3.3.0: tensors and elements.
+    // open_clip's ModifiedResNet(...).named_parameters() / named_buffers(), counted with
+    // open_clip 3.3.0: tensors and elements.
     for (name, params, buffers) in [
-        ("rn50", (174, 38_316_896), (110, 53_248)),
-        ("tiny-rn", (66, 1_362_200), (38, 4_864)),
+        ("rn50", (174, 38_316_896), (165, 53_303)),
+        ("tiny-rn", (66, 1_362_200), (57, 4_883)),
     ] {
         let m = ClipModel::new(
             &ClipConfig::named(name).unwrap(),
@@ -347,6 +347,19 @@ fn exported_features_match_a_numpy_modified_resnet() {
             theirs <= 1e-9 * scale,
             "NumPy and open_clip differ: {report}"
         );
+    }
+    // Every BatchNorm counted the four training batches, in the i64 PyTorch keeps.
+    let saved =
+        candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let counters: Vec<&Tensor> = saved
+        .iter()
+        .filter(|(n, _)| n.ends_with(".num_batches_tracked"))
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(counters.len(), t.model().buffers().len() / 3);
+    for c in counters {
+        assert_eq!(c.dtype(), DType::I64);
+        assert_eq!(c.to_scalar::<i64>().unwrap(), 4);
     }
     // The export reloads to the same features (weights and running statistics both saved).
     let loaded = wit_trainer::load_model(dir.path(), &Device::Cpu).unwrap();
