@@ -1,7 +1,12 @@
 //! The export is loadable by Hugging Face `CLIPModel`: parameter names and shapes follow its state
-//! dict, `config.json` carries its fields, and configs written by open_clip read unchanged.
+//! dict, `config.json` carries its fields, a NumPy re-implementation of `CLIPModel` reading only
+//! the export computes wit's embeddings, and configs written by open_clip read unchanged.
 
-use candle_core::{DType, Device};
+use crate::common;
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::path::Path;
 use wit_trainer::{ClipConfig, ClipModel};
 
 #[test]
@@ -106,4 +111,92 @@ fn open_clip_model_json_reads_unchanged() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("tiny"), "{err}");
+}
+
+/// `n` token rows of `len`: start token, random ids, end-of-text at `ends[i]`, zero padding.
+fn captions(ends: &[usize], len: usize, rng: &mut ChaCha8Rng) -> Tensor {
+    let (start, eot) = (49_406u32, 49_407u32);
+    let rows: Vec<u32> = ends
+        .iter()
+        .flat_map(|&end| {
+            (0..len).map(move |j| match j {
+                0 => start,
+                j if j == end => eot,
+                j if j > end => 0,
+                _ => u32::MAX,
+            })
+        })
+        .map(|id| {
+            if id == u32::MAX {
+                rng.random_range(1..start)
+            } else {
+                id
+            }
+        })
+        .collect();
+    Tensor::from_vec(rows, (ends.len(), len), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn exported_vit_embeds_like_a_numpy_hugging_face_clip() {
+    let cfg = ClipConfig::named("tiny").unwrap();
+    let m = ClipModel::new(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+    // Every tensor is moved off its start (gains off one, biases off zero), so a swapped or
+    // misread name changes the reference's numbers.
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for (name, var) in m.vars().iter().filter(|(n, _)| *n != "logit_scale") {
+        let noise: Vec<f32> = (0..var.elem_count())
+            .map(|_| rng.random_range(-0.05..0.05))
+            .collect();
+        let noise = Tensor::from_vec(noise, var.dims(), &Device::Cpu).unwrap();
+        var.set(&(var.as_tensor() + noise).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    wit_trainer::export(&m, dir.path()).unwrap();
+    let (n, size, len) = (4, cfg.vision_cfg.image_size, cfg.text_cfg.context_length);
+    let pixels: Vec<f32> = (0..n * 3 * size * size)
+        .map(|_| rng.random_range(-2.0..2.0))
+        .collect();
+    let images = Tensor::from_vec(pixels, (n, 3, size, size), &Device::Cpu).unwrap();
+    // The last caption fills the context, so its end-of-text token is the last position.
+    let tokens = captions(&[5, 12, len - 1, 20], len, &mut rng);
+    let files = ["images", "tokens", "image_embeds", "text_embeds"].map(|f| dir.path().join(f));
+    common::write_f32(&files[0], &images);
+    let ids: Vec<u8> = tokens
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap()
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    std::fs::write(&files[1], ids).unwrap();
+    common::write_f32(&files[2], &m.encode_image(&images).unwrap());
+    common::write_f32(&files[3], &m.encode_text(&tokens).unwrap());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_clip.py");
+    let out = std::process::Command::new(common::python())
+        .arg(script)
+        .arg(dir.path())
+        .args(&files)
+        .args([n, size, len].map(|v| v.to_string()))
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "reference failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("reference: {report}");
+    // Unit vectors: f32 against f64 agree to about 1e-6.
+    for side in ["image_max_diff", "text_max_diff"] {
+        let diff = report[side].as_f64().unwrap();
+        assert!(diff < 1e-4, "wit and the reference differ: {report}");
+    }
+    // With a Python that has torch and transformers, the reference is itself checked against
+    // `CLIPModel.from_pretrained` on the export folder.
+    if let Some(theirs) = report["transformers_max_diff"].as_f64() {
+        assert!(theirs < 1e-9, "NumPy and transformers differ: {report}");
+    }
 }

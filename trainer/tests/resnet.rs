@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use wit_trainer::{
     ClipConfig, ClipModel, MicroBatch, PosEmbedInit, TrainConfig, Trainer, VisionConfig,
     VisionLayers,
@@ -273,26 +273,6 @@ fn resume_continues_identically_with_the_running_statistics() {
     assert_eq!(snapshot(a.model()), snapshot(b.model()));
 }
 
-fn write_f32(path: &Path, t: &Tensor) {
-    let values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(path, bytes).unwrap();
-}
-
-/// `WIT_PYTHON`, else the repo's `.venv` (`scripts/setup-python.sh`): NumPy is all it needs.
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("WIT_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python at {}: run `bash scripts/setup-python.sh` (or set WIT_PYTHON)",
-        venv.display()
-    );
-    venv
-}
-
 #[test]
 fn exported_features_match_a_numpy_modified_resnet() {
     // Trained a few steps, so the last gains are not zero and the running statistics are not
@@ -315,10 +295,10 @@ fn exported_features_match_a_numpy_modified_resnet() {
         dir.path().join("images.f32"),
         dir.path().join("features.f32"),
     );
-    write_f32(&img_path, &images);
-    write_f32(&feat_path, &features);
+    common::write_f32(&img_path, &images);
+    common::write_f32(&feat_path, &features);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/modified_resnet.py");
-    let out = std::process::Command::new(python())
+    let out = std::process::Command::new(common::python())
         .arg(script)
         .args([dir.path(), &img_path, &feat_path])
         .args(["4", "32"])

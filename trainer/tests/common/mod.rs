@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use std::path::{Path, PathBuf};
 use wit_trainer::{ClipConfig, Gradients, MicroBatch, Retrieval, TextConfig, TrainConfig, Trainer};
 
 /// The text tower of the test models: the synthetic task's 16-token vocabulary, 8-token
@@ -140,4 +141,27 @@ pub fn assert_every_tensor_learns(t: &Trainer, g: &Gradients, min_tensors: usize
         let learns = n > floor || name.ends_with("k_proj.bias");
         assert!(n.is_finite() && learns, "{name} gradient norm {n}");
     }
+}
+
+/// Writes a tensor's values as raw little-endian f32, the form the Python references read.
+pub fn write_f32(path: &Path, t: &Tensor) {
+    let values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// `WIT_PYTHON`, else the repo's `.venv` (`scripts/setup-python.sh`): NumPy is all the
+/// references need; with torch and open_clip or transformers there, they check themselves
+/// against those too.
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("WIT_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python at {}: run `bash scripts/setup-python.sh` (or set WIT_PYTHON)",
+        venv.display()
+    );
+    venv
 }
