@@ -132,6 +132,20 @@ fn train_writes_a_hugging_face_checkpoint_and_eval_reports_the_documented_json()
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["model_type"], "clip");
+    // transformers' CLIPModel pools the text at the first `eos_token_id`, or at the highest id
+    // when that is 2: the trained tokenizer's end token must be the export's and the highest id.
+    let text = &config["text_config"];
+    let eos = text["eos_token_id"].as_u64().unwrap();
+    assert_eq!(eos + 1, text["vocab_size"].as_u64().unwrap(), "{text}");
+    let tokenizer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("tokenizer.json")).unwrap()).unwrap();
+    let end = tokenizer["added_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["content"] == "<|endoftext|>")
+        .expect("an end token");
+    assert_eq!(end["id"].as_u64(), Some(eos));
 
     let json = data.join("eval.json");
     let eval_shard = data.join("eval-0.tar");

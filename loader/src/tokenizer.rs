@@ -8,6 +8,8 @@ use std::path::Path;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::normalizers::{Lowercase, Sequence, Strip, NFC};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
 
 /// CLIP's context length.
@@ -15,6 +17,30 @@ pub const CONTEXT_LENGTH: usize = 77;
 const START_NAMES: [&str; 4] = ["<|startoftext|>", "<s>", "<bos>", "[CLS]"];
 const END_NAMES: [&str; 4] = ["<|endoftext|>", "</s>", "<eos>", "[SEP]"];
 const PAD_NAMES: [&str; 3] = ["<|pad|>", "<pad>", "[PAD]"];
+
+/// The saved file's post-processor: byte-level offsets, then `<|startoftext|> $A <|endoftext|>`,
+/// so `tokenizers` and transformers' `PreTrainedTokenizerFast` frame a caption as `encode` does
+/// when asked for special tokens (`encode` frames and pads it itself).
+fn clip_framing(inner: &Tokenizer) -> Result<PostProcessorWrapper, LoaderError> {
+    let (start, end) = (START_NAMES[0], END_NAMES[0]);
+    let id = |name: &str| {
+        inner.token_to_id(name).ok_or_else(|| {
+            LoaderError::Tokenizer(format!("the trained tokenizer lost its {name} token"))
+        })
+    };
+    let template = TemplateProcessing::builder()
+        .try_single(format!("{start} $A {end}"))
+        .map_err(LoaderError::Tokenizer)?
+        .special_tokens(vec![(start, id(start)?), (end, id(end)?)])
+        .build()
+        .map_err(|e| LoaderError::Tokenizer(e.to_string()))?;
+    Ok(PostProcessorWrapper::Sequence(
+        tokenizers::processors::sequence::Sequence::new(vec![
+            ByteLevel::default().into(),
+            template.into(),
+        ]),
+    ))
+}
 
 /// A tokenizer with CLIP's framing. Cheap to share (`Arc`) across decode threads.
 #[derive(Clone)]
@@ -74,22 +100,21 @@ impl TextTokenizer {
     }
 
     /// Trains a byte-level BPE (NFC, lowercase, every byte encodable) on `captions`, with
-    /// special tokens `<|pad|>` = 0, `<|startoftext|>` = 1, `<|endoftext|>` = 2.
+    /// `<|pad|>` = 0 and, as in CLIP's vocabulary, `<|startoftext|>` and `<|endoftext|>` the two
+    /// highest ids. The end token must be the highest: open_clip pools the text at the argmax of
+    /// the ids, and transformers' `CLIPModel` does too when `eos_token_id` is 2 (its legacy rule).
     pub fn train<I, S>(captions: I, vocab_size: usize) -> Result<Self, LoaderError>
     where
         I: Iterator<Item = S> + Send,
         S: AsRef<str> + Send,
     {
         let terr = |e: tokenizers::Error| LoaderError::Tokenizer(e.to_string());
-        let specials: Vec<AddedToken> = [PAD_NAMES[0], START_NAMES[0], END_NAMES[0]]
-            .iter()
-            .map(|t| AddedToken::from(t.to_string(), true))
-            .collect();
+        let special = |name: &str| AddedToken::from(name.to_string(), true);
         let mut trainer = BpeTrainerBuilder::new()
             .show_progress(false)
-            .vocab_size(vocab_size)
+            .vocab_size(vocab_size.saturating_sub(2))
             .min_frequency(2)
-            .special_tokens(specials)
+            .special_tokens(vec![special(PAD_NAMES[0])])
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build();
         let mut tokenizer = TokenizerBuilder::new()
@@ -105,7 +130,11 @@ impl TextTokenizer {
             .build()
             .map_err(terr)?;
         tokenizer.train(&mut trainer, captions).map_err(terr)?;
-        Self::from_tokenizer(tokenizer.into())
+        tokenizer.add_special_tokens(&[special(START_NAMES[0]), special(END_NAMES[0])]);
+        let mut inner: Tokenizer = tokenizer.into();
+        let framing = clip_framing(&inner)?;
+        inner.with_post_processor(Some(framing));
+        Self::from_tokenizer(inner)
     }
 
     /// Writes the tokenizer as a HF `tokenizer.json` (loadable by Python `tokenizers` too).

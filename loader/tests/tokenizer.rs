@@ -40,13 +40,23 @@ fn trained_tokenizer_saves_and_loads_with_identical_ids() {
     tok.save(&path).unwrap();
     let back = TextTokenizer::from_file(&path).unwrap();
     assert_eq!(back.vocab_size(), tok.vocab_size());
-    assert_eq!((back.sot_id(), back.eot_id(), back.pad_id()), (1, 2, 0));
+    // CLIP's layout: the end token is the highest id (open_clip and transformers' legacy rule
+    // pool at the argmax), the start token next to it, padding 0.
+    let v = tok.vocab_size() as u32;
+    assert_eq!(
+        (back.sot_id(), back.eot_id(), back.pad_id()),
+        (v - 2, v - 1, 0)
+    );
+    assert!(v <= 300, "asked for 300 ids, got {v}");
+    // The file alone frames captions as wit does: what Python's `tokenizers` (the same core)
+    // and transformers' `PreTrainedTokenizerFast` give with special tokens on.
+    let plain = tokenizers::Tokenizer::from_file(&path).unwrap();
     for text in ["a green star", "Ünïcödé caption, with punctuation!", ""] {
-        assert_eq!(
-            back.encode(text).unwrap(),
-            tok.encode(text).unwrap(),
-            "{text}"
-        );
+        let row = tok.encode(text).unwrap();
+        assert_eq!(back.encode(text).unwrap(), row, "{text}");
+        let framed = plain.encode(text, true).unwrap();
+        let end = row.iter().position(|&t| t == tok.eot_id()).unwrap();
+        assert_eq!(framed.get_ids(), &row[..=end], "{text}");
     }
     let err = TextTokenizer::from_file(&dir.path().join("missing.json")).unwrap_err();
     assert!(err.to_string().contains("wit tokenizer train"), "{err}");

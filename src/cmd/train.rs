@@ -128,11 +128,20 @@ fn tokenizer(args: &Args) -> anyhow::Result<TextTokenizer> {
     )?)
 }
 
-/// The model config with the text tower fitted to the tokenizer (vocabulary, end-of-text id).
+/// The model config with the text tower fitted to the tokenizer (vocabulary, special ids).
 fn model_config(name: &str, tok: &TextTokenizer) -> anyhow::Result<ClipConfig> {
     let mut cfg = ClipConfig::resolve(name)?;
     cfg.text_cfg.vocab_size = tok.vocab_size();
     cfg.text_cfg.eot_token_id = Some(tok.eot_id());
+    cfg.text_cfg.sot_token_id = Some(tok.sot_id());
+    cfg.text_cfg.pad_token_id = Some(tok.pad_id());
+    if tok.eot_id() == 2 {
+        tracing::warn!(
+            "the tokenizer's end token has id 2, which transformers' CLIPModel reads as its legacy rule \
+             (pool the text at the highest id), so the Hugging Face export will pool the wrong token \
+             there (wit itself is unaffected); a tokenizer from `wit tokenizer train` puts it last"
+        );
+    }
     cfg.validate()?;
     Ok(cfg)
 }

@@ -80,6 +80,14 @@ pub struct TextConfig {
     /// CLIP: the end-of-text token is the highest id, so its position is the argmax of the row.
     #[serde(default)]
     pub eot_token_id: Option<u32>,
+    /// Id of the start-of-text token, for the export's `bos_token_id`. `None`: CLIP's, the
+    /// second-highest id.
+    #[serde(default)]
+    pub sot_token_id: Option<u32>,
+    /// Id that fills a row after its end-of-text token, for the export's `pad_token_id`. `None`:
+    /// open_clip's 0.
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
 }
 
 /// A whole CLIP: both towers and the shared embedding width.
@@ -179,6 +187,8 @@ impl ClipConfig {
             layers,
             mlp_ratio: 4.0,
             eot_token_id: None,
+            sot_token_id: None,
+            pad_token_id: None,
         };
         let vision = |image_size, patch_size, width, layers, heads| VisionConfig {
             image_size,
@@ -328,6 +338,8 @@ impl ClipConfig {
             "layer_norm_eps": crate::model::LN_EPS,
             "projection_dim": self.embed_dim,
             "eos_token_id": t.eot_token_id.unwrap_or(t.vocab_size.saturating_sub(1) as u32),
+            "bos_token_id": t.sot_token_id.unwrap_or(t.vocab_size.saturating_sub(2) as u32),
+            "pad_token_id": t.pad_token_id.unwrap_or(0),
         });
         let VisionLayers::Transformer(layers) = v.layers else {
             return serde_json::json!({

@@ -20,6 +20,8 @@ pub fn micro_text() -> TextConfig {
         layers: 2,
         mlp_ratio: 2.0,
         eot_token_id: None,
+        sot_token_id: None,
+        pad_token_id: None,
     }
 }
 
