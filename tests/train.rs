@@ -2,7 +2,7 @@
 //! checkpoint folder is a Hugging Face CLIP export (names read back by Python from the raw
 //! safetensors header), the log has a line per step, and eval writes the documented JSON.
 
-use crate::common::{python, scratch, wit_ok};
+use crate::common::{python, scratch, wit, wit_ok};
 use rand::SeedableRng;
 use std::path::Path;
 use webimagetext::testweb::scene::{caption, render, Scene};
@@ -264,4 +264,93 @@ fn a_resnet_image_tower_trains_and_evaluates_through_the_cli() {
     assert!(report["n"].as_u64().unwrap() >= 10, "{report}");
     let r10 = report["text_to_image"]["r10"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&r10), "{report}");
+}
+
+#[test]
+fn init_starts_from_another_runs_weights_and_tokenizer() {
+    let tmp = scratch();
+    let data = tmp.path();
+    write_shard(data, "train-0", 16, 5, false);
+    let shard = data.join("train-0.tar");
+    let train = |extra: &[&str], out: &Path| {
+        let mut args = vec![
+            "train",
+            "--data",
+            shard.to_str().unwrap(),
+            "--batch-size",
+            "8",
+            "--warmup",
+            "1",
+            "--vocab-size",
+            "300",
+            "--threads",
+            "1",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        wit(&args)
+    };
+    let (first, second) = (data.join("first"), data.join("second"));
+    assert!(train(&["--steps", "2"], &first).status.success());
+    // At learning rate 0 AdamW moves nothing, so the second run ends where --init started it.
+    let out = train(
+        &[
+            "--steps",
+            "1",
+            "--lr",
+            "0",
+            "--init",
+            first.to_str().unwrap(),
+        ],
+        &second,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let load = |dir: &Path| {
+        wit_trainer::candle::safetensors::load(
+            dir.join("model.safetensors"),
+            &wit_trainer::candle::Device::Cpu,
+        )
+        .unwrap()
+    };
+    let (a, b) = (load(&first), load(&second));
+    assert_eq!(a.len(), b.len());
+    for (name, t) in &a {
+        let diff = (t - &b[name]).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{name} moved");
+    }
+    assert_eq!(
+        std::fs::read(first.join("tokenizer.json")).unwrap(),
+        std::fs::read(second.join("tokenizer.json")).unwrap()
+    );
+    // A folder that holds no model says so, and --init cannot be mixed with --config.
+    let empty = data.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = train(
+        &[
+            "--steps",
+            "1",
+            "--tokenizer",
+            first.join("tokenizer.json").to_str().unwrap(),
+            "--init",
+            empty.to_str().unwrap(),
+        ],
+        &data.join("third"),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not a model folder"),
+        "{err}"
+    );
+    let out = train(
+        &["--config", "tiny", "--init", first.to_str().unwrap()],
+        &data.join("fourth"),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--config"), "{err}");
 }

@@ -27,7 +27,14 @@ pub struct Args {
     /// open_clip model JSON file (a list of four `layers` makes a ResNet image tower).
     #[arg(long, default_value = "tiny")]
     pub config: String,
-    /// A Hugging Face `tokenizer.json`; without it a byte-level BPE is trained on the shards' captions.
+    /// Start from the weights of a model folder instead of a random init (open_clip's
+    /// `--pretrained`): a `wit train --out` folder or a Hugging Face ViT CLIP saved by transformers
+    /// (`model.safetensors` + `config.json`, e.g. OpenAI's). Its config replaces `--config`, its
+    /// `tokenizer.json` is used unless `--tokenizer` is given; the optimiser starts fresh.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "resume"])]
+    pub init: Option<PathBuf>,
+    /// A Hugging Face `tokenizer.json`; without it (and without `--init`) a byte-level BPE is
+    /// trained on the shards' captions.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Vocabulary of the tokenizer trained when `--tokenizer` is absent.
@@ -110,10 +117,19 @@ pub fn micro_batch(b: wit_loader::Batch) -> MicroBatch {
     }
 }
 
-/// Loads `--tokenizer`, or trains a BPE on the shards' captions.
+/// Loads `--tokenizer` or the `--init` folder's, or trains a BPE on the shards' captions.
 fn tokenizer(args: &Args) -> anyhow::Result<TextTokenizer> {
     if let Some(path) = &args.tokenizer {
         return Ok(TextTokenizer::from_file(path)?);
+    }
+    if let Some(dir) = &args.init {
+        let path = dir.join(TOKENIZER_FILE);
+        return TextTokenizer::from_file(&path).with_context(|| {
+            format!(
+                "--init {} has no usable {TOKENIZER_FILE}: pass the model's tokenizer with --tokenizer",
+                dir.display()
+            )
+        });
     }
     let source: Arc<dyn wit_loader::ShardSource> = Arc::new(wit_loader::DefaultSource::default());
     let entries = wit_loader::resolve_shards(&args.data, source.as_ref())?;
@@ -128,10 +144,23 @@ fn tokenizer(args: &Args) -> anyhow::Result<TextTokenizer> {
     )?)
 }
 
-/// The model config with the text tower fitted to the tokenizer (vocabulary, special ids).
-fn model_config(name: &str, tok: &TextTokenizer) -> anyhow::Result<ClipConfig> {
-    let mut cfg = ClipConfig::resolve(name)?;
-    cfg.text_cfg.vocab_size = tok.vocab_size();
+/// The model config: `--init`'s, whose embedding must hold the tokenizer's ids, or `--config`'s
+/// with the text tower's vocabulary sized to the tokenizer; the special ids are the tokenizer's.
+fn model_config(args: &Args, tok: &TextTokenizer) -> anyhow::Result<ClipConfig> {
+    let mut cfg = match &args.init {
+        Some(dir) => wit_trainer::checkpoint::read_config(dir)
+            .with_context(|| format!("--init {} is not a model folder", dir.display()))?,
+        None => ClipConfig::resolve(&args.config)?,
+    };
+    if args.init.is_none() {
+        cfg.text_cfg.vocab_size = tok.vocab_size();
+    } else if tok.vocab_size() > cfg.text_cfg.vocab_size {
+        bail!(
+            "the tokenizer has {} ids but the --init model embeds only {}: use the model's own tokenizer.json",
+            tok.vocab_size(),
+            cfg.text_cfg.vocab_size
+        );
+    }
     cfg.text_cfg.eot_token_id = Some(tok.eot_id());
     cfg.text_cfg.sot_token_id = Some(tok.sot_id());
     cfg.text_cfg.pad_token_id = Some(tok.pad_id());
@@ -188,8 +217,13 @@ fn start(
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     tok.save(&args.out.join(TOKENIZER_FILE))?;
-    let clip = model_config(&args.config, &tok)?;
-    Ok((Trainer::new(&clip, train_config(args), device)?, tok, None))
+    let clip = model_config(args, &tok)?;
+    let trainer = Trainer::new(&clip, train_config(args), device)?;
+    if let Some(dir) = &args.init {
+        wit_trainer::checkpoint::load_weights(trainer.model(), dir)
+            .with_context(|| format!("cannot start from the weights in {}", dir.display()))?;
+    }
+    Ok((trainer, tok, None))
 }
 
 fn loader(

@@ -115,11 +115,17 @@ pub fn read_config(dir: &Path) -> Result<ClipConfig, TrainError> {
     ClipConfig::from_hf_config_json(&value)
 }
 
+/// Copies the weights of a model folder (`wit train --out`, or a Hugging Face CLIP's
+/// `model.safetensors`) into `model`, whose config must be the folder's.
+pub fn load_weights(model: &ClipModel, dir: &Path) -> Result<(), TrainError> {
+    model.load_tensors(&read_tensors(&dir.join(MODEL_FILE), model.device())?)
+}
+
 /// Loads an exported or checkpointed model for inference on `device` (f32 weights, bf16 compute on CUDA).
 pub fn load_model(dir: &Path, device: &Device) -> Result<ClipModel, TrainError> {
     let cfg = read_config(dir)?;
     let mut model = ClipModel::new(&cfg, 0, candle_core::DType::F32, device)?;
-    model.load_tensors(&read_tensors(&dir.join(MODEL_FILE), device)?)?;
+    load_weights(&model, dir)?;
     if device.is_cuda() {
         model.set_compute_dtype(candle_core::DType::BF16)?;
     }

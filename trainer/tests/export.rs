@@ -200,3 +200,87 @@ fn exported_vit_embeds_like_a_numpy_hugging_face_clip() {
         assert!(theirs < 1e-9, "NumPy and transformers differ: {report}");
     }
 }
+
+/// The fields of `openai/clip-vit-base-patch32`'s `config.json` that shape the model, as the
+/// Hub serves it (its text tower still carries the legacy `eos_token_id` 2).
+const OPENAI_VIT_B_32: &str = r#"{"architectures": ["CLIPModel"], "model_type": "clip",
+    "projection_dim": 512, "logit_scale_init_value": 2.6592,
+    "text_config": {"bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
+        "hidden_act": "quick_gelu", "hidden_size": 512, "intermediate_size": 2048,
+        "layer_norm_eps": 1e-05, "max_position_embeddings": 77, "model_type": "clip_text_model",
+        "num_attention_heads": 8, "num_hidden_layers": 12, "projection_dim": 512,
+        "vocab_size": 49408},
+    "vision_config": {"hidden_act": "quick_gelu", "hidden_size": 768, "image_size": 224,
+        "intermediate_size": 3072, "layer_norm_eps": 1e-05, "model_type": "clip_vision_model",
+        "num_attention_heads": 12, "num_hidden_layers": 12, "patch_size": 32,
+        "projection_dim": 512}}"#;
+
+#[test]
+fn a_transformers_config_json_reads_as_its_model() {
+    let openai: serde_json::Value = serde_json::from_str(OPENAI_VIT_B_32).unwrap();
+    let cfg = ClipConfig::from_hf_config_json(&openai).unwrap();
+    let mut expected = ClipConfig::named("vit-b-32").unwrap();
+    expected.vision_cfg.heads = Some(12);
+    expected.quick_gelu = true;
+    // Legacy id 2: pool at the highest id, open_clip's rule.
+    expected.text_cfg.eot_token_id = None;
+    expected.text_cfg.sot_token_id = Some(0);
+    expected.text_cfg.pad_token_id = Some(1);
+    assert_eq!(cfg, expected);
+    // transformers' defaults fill what a file leaves out (they are ViT-B/32's too).
+    let bare = serde_json::json!({"model_type": "clip"});
+    let defaults = ClipConfig::from_hf_config_json(&bare).unwrap();
+    assert_eq!(defaults.vision_cfg, cfg.vision_cfg);
+    assert_eq!(defaults.text_cfg.eot_token_id, Some(49_407));
+
+    // A wit export read through its transformers fields alone is the same model.
+    let tiny = ClipConfig::named("tiny").unwrap();
+    let m = ClipModel::new(&tiny, 5, DType::F32, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    wit_trainer::export(&m, dir.path()).unwrap();
+    let path = dir.path().join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    json.as_object_mut().unwrap().remove("open_clip");
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let back = wit_trainer::load_model(dir.path(), &Device::Cpu).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let pixels: Vec<f32> = (0..2 * 3 * 64 * 64)
+        .map(|_| rng.random_range(-2.0..2.0))
+        .collect();
+    let images = Tensor::from_vec(pixels, (2, 3, 64, 64), &Device::Cpu).unwrap();
+    let tokens = captions(&[4, 9], 32, &mut rng);
+    let same = |a: Tensor, b: Tensor| common::norm(&(a - b).unwrap());
+    assert_eq!(
+        same(
+            back.encode_image(&images).unwrap(),
+            m.encode_image(&images).unwrap()
+        ),
+        0.0
+    );
+    assert_eq!(
+        same(
+            back.encode_text(&tokens).unwrap(),
+            m.encode_text(&tokens).unwrap()
+        ),
+        0.0
+    );
+
+    // What wit's model cannot compute is refused with the reason.
+    for (edit, says) in [
+        (serde_json::json!({"model_type": "siglip"}), "model_type"),
+        (
+            serde_json::json!({"model_type": "clip", "vision_config": {"layer_norm_eps": 1e-6}}),
+            "layer_norm_eps",
+        ),
+        (
+            serde_json::json!({"model_type": "clip", "text_config": {"hidden_act": "gelu"}}),
+            "activation",
+        ),
+    ] {
+        let err = ClipConfig::from_hf_config_json(&edit)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{edit}: {err}");
+    }
+}
