@@ -249,6 +249,41 @@ fn a_resnet_image_tower_trains_and_evaluates_through_the_cli() {
         config.get("model_type").is_none(),
         "transformers has no ResNet CLIP: {config}"
     );
+    // open_clip is where a ResNet CLIP goes: `wit export` writes its local-dir layout.
+    let oc = data.join("open_clip");
+    wit_ok(&[
+        "export",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--out",
+        oc.to_str().unwrap(),
+    ]);
+    let oc_config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(oc.join("open_clip_config.json")).unwrap()).unwrap();
+    let model_cfg = &oc_config["model_cfg"];
+    assert_eq!(
+        model_cfg["vision_cfg"]["layers"],
+        serde_json::json!([1, 1, 1, 1])
+    );
+    assert_eq!(model_cfg["text_cfg"]["pool_type"], "eos");
+    assert_eq!(
+        model_cfg["text_cfg"]["eos_id"],
+        config["text_config"]["eos_token_id"]
+    );
+    let oc_shapes = safetensors_shapes(&oc.join("open_clip_model.safetensors"));
+    assert_eq!(
+        oc_shapes["visual.attnpool.c_proj.weight"],
+        serde_json::json!([128, 512])
+    );
+    assert_eq!(oc_shapes["text_projection"], serde_json::json!([128, 128]));
+    assert_eq!(
+        oc_shapes["transformer.resblocks.3.attn.in_proj_weight"],
+        serde_json::json!([384, 128])
+    );
+    assert_eq!(
+        std::fs::read(oc.join("tokenizer.json")).unwrap(),
+        std::fs::read(out.join("tokenizer.json")).unwrap()
+    );
 
     let json = data.join("eval.json");
     wit_ok(&[

@@ -11,6 +11,7 @@ pub mod curate;
 pub mod demo;
 pub mod download;
 pub mod eval;
+pub mod export;
 pub mod fetch_args;
 pub mod image_args;
 pub mod queries;
@@ -62,6 +63,8 @@ pub enum Command {
     Train(train::Args),
     /// Evaluate a CLIP checkpoint: retrieval recall, zero-shot, minimal-edit accuracy.
     Eval(eval::Args),
+    /// Write a checkpoint in open_clip's `local-dir:` layout (open_clip state-dict names).
+    Export(export::Args),
     /// Micro-benchmarks used by bench/ to compare wit with its Python peers.
     #[command(subcommand)]
     Bench(bench::Command),
@@ -93,6 +96,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Tokenizer(c) => tokenizer::run(c),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Export(a) => export::run(a),
         Command::Bench(c) => bench::run(c),
     }
 }

@@ -56,7 +56,8 @@ pub fn save_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<(),
     fsync_and_rename(&tmp, path)
 }
 
-fn write_atomic(bytes: &[u8], path: &Path) -> Result<(), TrainError> {
+/// Writes bytes through a temporary name, fsync and rename, like [`save_atomic`].
+pub(crate) fn write_atomic(bytes: &[u8], path: &Path) -> Result<(), TrainError> {
     let tmp = tmp_path(path);
     let mut f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
     f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;

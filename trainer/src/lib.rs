@@ -10,6 +10,7 @@ mod cuda;
 pub mod eval;
 mod fused;
 pub mod model;
+pub mod open_clip;
 pub mod optim;
 mod resnet;
 pub mod train;

@@ -137,13 +137,10 @@ fn captions(ends: &[usize], len: usize, rng: &mut ChaCha8Rng) -> Tensor {
     Tensor::from_vec(rows, (ends.len(), len), &Device::Cpu).unwrap()
 }
 
-#[test]
-fn exported_vit_embeds_like_a_numpy_hugging_face_clip() {
-    let cfg = ClipConfig::named("tiny").unwrap();
-    let m = ClipModel::new(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
-    // Every tensor is moved off its start (gains off one, biases off zero), so a swapped or
-    // misread name changes the reference's numbers.
-    let mut rng = ChaCha8Rng::seed_from_u64(11);
+/// A model whose every tensor is moved off its start (gains off one, biases off zero, a
+/// ResNet's zero-started gains too), so a swapped or misread name changes a reference's numbers.
+fn perturbed(cfg: &ClipConfig, rng: &mut ChaCha8Rng) -> ClipModel {
+    let m = ClipModel::new(cfg, 3, DType::F32, &Device::Cpu).unwrap();
     for (name, var) in m.vars().iter().filter(|(n, _)| *n != "logit_scale") {
         let noise: Vec<f32> = (0..var.elem_count())
             .map(|_| rng.random_range(-0.05..0.05))
@@ -152,16 +149,29 @@ fn exported_vit_embeds_like_a_numpy_hugging_face_clip() {
         var.set(&(var.as_tensor() + noise).unwrap())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
-    let dir = tempfile::tempdir().unwrap();
-    wit_trainer::export(&m, dir.path()).unwrap();
+    m
+}
+
+/// Runs the Python reference `script` (in tests/) on the model folder `dir`, with four random
+/// images and captions and wit's embeddings of them; asserts wit and the reference's NumPy agree
+/// and, where the reference also ran the peer library (report field `peer`), that NumPy and the
+/// peer agree.
+fn check_against_reference(
+    script: &str,
+    dir: &Path,
+    m: &ClipModel,
+    rng: &mut ChaCha8Rng,
+    peer: &str,
+) {
+    let cfg = m.config();
     let (n, size, len) = (4, cfg.vision_cfg.image_size, cfg.text_cfg.context_length);
     let pixels: Vec<f32> = (0..n * 3 * size * size)
         .map(|_| rng.random_range(-2.0..2.0))
         .collect();
     let images = Tensor::from_vec(pixels, (n, 3, size, size), &Device::Cpu).unwrap();
-    // The last caption fills the context, so its end-of-text token is the last position.
-    let tokens = captions(&[5, 12, len - 1, 20], len, &mut rng);
-    let files = ["images", "tokens", "image_embeds", "text_embeds"].map(|f| dir.path().join(f));
+    // The third caption fills the context, so its end-of-text token is the last position.
+    let tokens = captions(&[5, 12, len - 1, 20], len, rng);
+    let files = ["images", "tokens", "image_embeds", "text_embeds"].map(|f| dir.join(f));
     common::write_f32(&files[0], &images);
     let ids: Vec<u8> = tokens
         .flatten_all()
@@ -174,10 +184,12 @@ fn exported_vit_embeds_like_a_numpy_hugging_face_clip() {
     std::fs::write(&files[1], ids).unwrap();
     common::write_f32(&files[2], &m.encode_image(&images).unwrap());
     common::write_f32(&files[3], &m.encode_text(&tokens).unwrap());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_clip.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
     let out = std::process::Command::new(common::python())
         .arg(script)
-        .arg(dir.path())
+        .arg(dir)
         .args(&files)
         .args([n, size, len].map(|v| v.to_string()))
         .output()
@@ -194,10 +206,60 @@ fn exported_vit_embeds_like_a_numpy_hugging_face_clip() {
         let diff = report[side].as_f64().unwrap();
         assert!(diff < 1e-4, "wit and the reference differ: {report}");
     }
+    if let Some(theirs) = report[peer].as_f64() {
+        assert!(theirs < 1e-9, "NumPy and the peer library differ: {report}");
+    }
+}
+
+#[test]
+fn exported_vit_embeds_like_a_numpy_hugging_face_clip() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let m = perturbed(&ClipConfig::named("tiny").unwrap(), &mut rng);
+    let dir = tempfile::tempdir().unwrap();
+    wit_trainer::export(&m, dir.path()).unwrap();
     // With a Python that has torch and transformers, the reference is itself checked against
     // `CLIPModel.from_pretrained` on the export folder.
-    if let Some(theirs) = report["transformers_max_diff"].as_f64() {
-        assert!(theirs < 1e-9, "NumPy and transformers differ: {report}");
+    check_against_reference(
+        "hf_clip.py",
+        dir.path(),
+        &m,
+        &mut rng,
+        "transformers_max_diff",
+    );
+}
+
+#[test]
+fn the_open_clip_form_embeds_like_open_clips_modules() {
+    for (name, tensors, elements) in [("tiny", 110, 7_981_057), ("tiny-rn", 177, 8_505_132)] {
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let mut cfg = ClipConfig::named(name).unwrap();
+        // A tokenizer's own end token (the eos pooling rule) on one tower, the argmax rule on
+        // the other.
+        if name == "tiny" {
+            cfg.text_cfg.eot_token_id = Some(49_407);
+        }
+        let m = perturbed(&cfg, &mut rng);
+        let dir = tempfile::tempdir().unwrap();
+        wit_trainer::open_clip::export(&m, dir.path()).unwrap();
+        // open_clip's CLIP(**model_cfg).state_dict() for this config, counted with open_clip
+        // 3.3.0: a strict load needs exactly these tensors.
+        let saved = candle_core::safetensors::load(
+            dir.path()
+                .join(wit_trainer::open_clip::OPEN_CLIP_MODEL_FILE),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let count: usize = saved.values().map(|t| t.elem_count()).sum();
+        assert_eq!((saved.len(), count), (tensors, elements), "{name}");
+        // With a Python that has torch and open_clip, the reference is itself checked against
+        // `open_clip.create_model_and_transforms("local-dir:DIR")`, which loads strictly.
+        check_against_reference(
+            "open_clip_form.py",
+            dir.path(),
+            &m,
+            &mut rng,
+            "open_clip_max_diff",
+        );
     }
 }
 
