@@ -398,88 +398,103 @@ impl ClipConfig {
         let empty = serde_json::json!({});
         let text = value.get("text_config").unwrap_or(&empty);
         let vision = value.get("vision_config").unwrap_or(&empty);
-        let int =
-            |part: &serde_json::Value, name: &str, default: u64| -> Result<usize, TrainError> {
-                match part.get(name) {
-                    None | Some(serde_json::Value::Null) => Ok(default as usize),
-                    Some(v) => v.as_u64().map(|v| v as usize).ok_or_else(|| {
-                        TrainError::Config(format!(
-                            "config.json: {name} must be a whole number, not {v}"
-                        ))
-                    }),
-                }
-            };
-        let act = |part: &serde_json::Value| {
-            part.get("hidden_act")
-                .and_then(|a| a.as_str())
-                .unwrap_or("quick_gelu")
-                .to_string()
-        };
-        let (text_act, vision_act) = (act(text), act(vision));
-        if text_act != vision_act || !["gelu", "quick_gelu"].contains(&text_act.as_str()) {
-            return Err(TrainError::Config(format!(
-                "config.json: wit runs one activation, gelu or quick_gelu, in both towers; this model has {text_act} (text) and {vision_act} (vision)"
-            )));
-        }
-        for (tower, part) in [("text", text), ("vision", vision)] {
-            let eps = part
-                .get("layer_norm_eps")
-                .and_then(|e| e.as_f64())
-                .unwrap_or(crate::model::LN_EPS);
-            if (eps - crate::model::LN_EPS).abs() > 1e-12 {
-                return Err(TrainError::Config(format!(
-                    "config.json: the {tower} tower's layer_norm_eps is {eps}; wit's LayerNorm uses {}", crate::model::LN_EPS
-                )));
-            }
-        }
-        if int(vision, "num_channels", 3)? != 3 {
+        let quick_gelu = hf_quick_gelu(text, vision)?;
+        hf_check_layer_norm_eps(text, vision)?;
+        if hf_int(vision, "num_channels", 3)? != 3 {
             return Err(TrainError::Config(
                 "config.json: wit's image tower reads RGB (num_channels 3)".into(),
             ));
         }
-        let ratio = |part, width, default_mlp| -> Result<f64, TrainError> {
-            Ok(int(part, "intermediate_size", default_mlp)? as f64 / width as f64)
-        };
         let (t_width, v_width) = (
-            int(text, "hidden_size", 512)?,
-            int(vision, "hidden_size", 768)?,
+            hf_int(text, "hidden_size", 512)?,
+            hf_int(vision, "hidden_size", 768)?,
         );
-        let eos = int(text, "eos_token_id", 49_407)? as u32;
+        let (t_mlp, v_mlp) = (
+            hf_int(text, "intermediate_size", 2048)?,
+            hf_int(vision, "intermediate_size", 3072)?,
+        );
+        let eos = hf_int(text, "eos_token_id", 49_407)? as u32;
         let cfg = ClipConfig {
-            embed_dim: int(value, "projection_dim", 512)?,
+            embed_dim: hf_int(value, "projection_dim", 512)?,
             vision_cfg: VisionConfig {
-                image_size: int(vision, "image_size", 224)?,
-                layers: VisionLayers::Transformer(int(vision, "num_hidden_layers", 12)?),
+                image_size: hf_int(vision, "image_size", 224)?,
+                layers: VisionLayers::Transformer(hf_int(vision, "num_hidden_layers", 12)?),
                 width: v_width,
-                patch_size: Some(int(vision, "patch_size", 32)?),
-                heads: Some(int(vision, "num_attention_heads", 12)?),
-                mlp_ratio: ratio(vision, v_width, 3072)?,
+                patch_size: Some(hf_int(vision, "patch_size", 32)?),
+                heads: Some(hf_int(vision, "num_attention_heads", 12)?),
+                mlp_ratio: v_mlp as f64 / v_width as f64,
                 head_width: 64,
                 pos_embed_init: PosEmbedInit::Random,
             },
             text_cfg: TextConfig {
-                context_length: int(text, "max_position_embeddings", 77)?,
-                vocab_size: int(text, "vocab_size", 49_408)?,
+                context_length: hf_int(text, "max_position_embeddings", 77)?,
+                vocab_size: hf_int(text, "vocab_size", 49_408)?,
                 width: t_width,
-                heads: int(text, "num_attention_heads", 8)?,
-                layers: int(text, "num_hidden_layers", 12)?,
-                mlp_ratio: ratio(text, t_width, 2048)?,
+                heads: hf_int(text, "num_attention_heads", 8)?,
+                layers: hf_int(text, "num_hidden_layers", 12)?,
+                mlp_ratio: t_mlp as f64 / t_width as f64,
                 // transformers reads eos_token_id 2 as "pool at the highest id", as `None` does.
                 eot_token_id: (eos != 2).then_some(eos),
-                sot_token_id: Some(int(text, "bos_token_id", 49_406)? as u32),
-                pad_token_id: Some(int(text, "pad_token_id", 1)? as u32),
+                sot_token_id: Some(hf_int(text, "bos_token_id", 49_406)? as u32),
+                pad_token_id: Some(hf_int(text, "pad_token_id", 1)? as u32),
             },
-            quick_gelu: text_act == "quick_gelu",
+            quick_gelu,
         };
-        let mlps = (
-            int(vision, "intermediate_size", 3072)?,
-            int(text, "intermediate_size", 2048)?,
-        );
-        if (cfg.vision_mlp(), cfg.text_mlp()) != mlps {
+        if (cfg.vision_mlp(), cfg.text_mlp()) != (v_mlp, t_mlp) {
             return Err(TrainError::Config(format!(
-                "config.json: intermediate sizes {mlps:?} are not a multiple of the widths wit can represent"
+                "config.json: intermediate sizes {v_mlp} and {t_mlp} are not a ratio of the widths wit can represent"
             )));
         }
         Ok(cfg)
     }
+}
+
+/// A whole-number field of a transformers config section, or transformers' default when absent.
+fn hf_int(part: &serde_json::Value, name: &str, default: u64) -> Result<usize, TrainError> {
+    match part.get(name) {
+        None | Some(serde_json::Value::Null) => Ok(default as usize),
+        Some(v) => v.as_u64().map(|v| v as usize).ok_or_else(|| {
+            TrainError::Config(format!(
+                "config.json: {name} must be a whole number, not {v}"
+            ))
+        }),
+    }
+}
+
+/// Whether a transformers CLIP uses QuickGELU (its default) or the exact GELU; wit runs one
+/// of the two in both towers.
+fn hf_quick_gelu(text: &serde_json::Value, vision: &serde_json::Value) -> Result<bool, TrainError> {
+    let act = |part: &serde_json::Value| {
+        part.get("hidden_act")
+            .and_then(|a| a.as_str())
+            .unwrap_or("quick_gelu")
+            .to_string()
+    };
+    let (text_act, vision_act) = (act(text), act(vision));
+    if text_act != vision_act || !["gelu", "quick_gelu"].contains(&text_act.as_str()) {
+        return Err(TrainError::Config(format!(
+            "config.json: wit runs one activation, gelu or quick_gelu, in both towers; this model has {text_act} (text) and {vision_act} (vision)"
+        )));
+    }
+    Ok(text_act == "quick_gelu")
+}
+
+/// Refuses a LayerNorm epsilon other than wit's (transformers' default is the same 1e-5).
+fn hf_check_layer_norm_eps(
+    text: &serde_json::Value,
+    vision: &serde_json::Value,
+) -> Result<(), TrainError> {
+    for (tower, part) in [("text", text), ("vision", vision)] {
+        let eps = part
+            .get("layer_norm_eps")
+            .and_then(|e| e.as_f64())
+            .unwrap_or(crate::model::LN_EPS);
+        if (eps - crate::model::LN_EPS).abs() > 1e-12 {
+            return Err(TrainError::Config(format!(
+                "config.json: the {tower} tower's layer_norm_eps is {eps}; wit's LayerNorm uses {}",
+                crate::model::LN_EPS
+            )));
+        }
+    }
+    Ok(())
 }
