@@ -23,7 +23,8 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let model = wit_trainer::load_model(&args.checkpoint, &Device::Cpu)
         .with_context(|| format!("cannot load a model from {}", args.checkpoint.display()))?;
-    wit_trainer::open_clip::export(&model, &args.out)?;
+    let normalisation = (wit_loader::CLIP_MEAN, wit_loader::CLIP_STD);
+    wit_trainer::open_clip::export(&model, &args.out, normalisation)?;
     let tokenizer = args.checkpoint.join(super::train::TOKENIZER_FILE);
     if tokenizer.exists() {
         std::fs::copy(&tokenizer, args.out.join(super::train::TOKENIZER_FILE))

@@ -749,17 +749,19 @@ impl ClipModel {
             .vars
             .iter()
             .chain(&self.buffers)
-            .map(|(n, v)| {
-                let t = v.as_tensor();
-                let t = if t.dtype().is_float() {
-                    t.to_dtype(DType::F32)?
-                } else {
-                    t.clone()
-                };
-                Ok((n.clone(), t))
-            })
+            .map(|(n, v)| Ok((n.clone(), saved_form(v.as_tensor())?)))
             .collect::<Result<HashMap<_, _>, candle_core::Error>>()?;
         crate::checkpoint::save_atomic(&tensors, path)
+    }
+}
+
+/// How a tensor is saved in every export: f32, or as it is for integer buffers (BatchNorm's
+/// `num_batches_tracked`, i64 as PyTorch keeps it).
+pub(crate) fn saved_form(t: &Tensor) -> candle_core::Result<Tensor> {
+    if t.dtype().is_float() {
+        t.to_dtype(DType::F32)
+    } else {
+        Ok(t.clone())
     }
 }
 

@@ -6,9 +6,9 @@
 
 use crate::checkpoint::save_atomic;
 use crate::config::{ClipConfig, VisionLayers};
-use crate::model::ClipModel;
+use crate::model::{saved_form, ClipModel};
 use crate::TrainError;
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -16,11 +16,6 @@ use std::path::Path;
 pub const OPEN_CLIP_MODEL_FILE: &str = "open_clip_model.safetensors";
 /// open_clip's config file name in a `local-dir:` folder.
 pub const OPEN_CLIP_CONFIG_FILE: &str = "open_clip_config.json";
-
-/// OpenAI's normalisation, which wit's loader applies: written out so open_clip's transforms
-/// match whatever its defaults become.
-const MEAN: [f64; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-const STD: [f64; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// open_clip's `model_cfg` for `cfg`: only fields its `CLIPVisionCfg`/`CLIPTextCfg` dataclasses
 /// know (they refuse others). Heads become `head_width`; the text tower pools at the first
@@ -109,15 +104,6 @@ fn plain_name(name: &str) -> Option<(String, bool)> {
     Some((renamed.to_string(), false))
 }
 
-/// Saved form of a tensor: f32, or as it is for integer buffers (BatchNorm's counters).
-fn saved(t: &Tensor) -> candle_core::Result<Tensor> {
-    if t.dtype().is_float() {
-        t.to_dtype(DType::F32)
-    } else {
-        Ok(t.clone())
-    }
-}
-
 /// The model's weights and buffers under open_clip's state-dict names. Every tensor must have an
 /// open_clip name, so a new parameter cannot silently go missing from the export.
 pub fn state_dict(model: &ClipModel) -> Result<HashMap<String, Tensor>, TrainError> {
@@ -125,7 +111,7 @@ pub fn state_dict(model: &ClipModel) -> Result<HashMap<String, Tensor>, TrainErr
     // (open_clip name, part) → tensor, for the q/k/v projections packed as `in_proj_*`.
     let mut packed: BTreeMap<String, [Option<Tensor>; 3]> = BTreeMap::new();
     for (name, var) in model.vars().iter().chain(model.buffers()) {
-        let t = saved(var.as_tensor())?;
+        let t = saved_form(var.as_tensor())?;
         let block = ["vision_model", "text_model"].iter().find_map(|tower| {
             let rest = name.strip_prefix(&format!("{tower}.encoder.layers."))?;
             let (layer, rest) = rest.split_once('.')?;
@@ -169,13 +155,19 @@ pub fn state_dict(model: &ClipModel) -> Result<HashMap<String, Tensor>, TrainErr
 }
 
 /// Writes `dir/open_clip_model.safetensors` and `dir/open_clip_config.json` for `model`.
-pub fn export(model: &ClipModel, dir: &Path) -> Result<(), TrainError> {
+/// `(mean, std_dev)` is the per-channel normalisation the model was trained with (the loader's),
+/// written into `preprocess_cfg` so open_clip's transforms match it whatever its defaults become.
+pub fn export(
+    model: &ClipModel,
+    dir: &Path,
+    (mean, std_dev): ([f32; 3], [f32; 3]),
+) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| TrainError::Checkpoint(format!("cannot create {}: {e}", dir.display())))?;
     save_atomic(&state_dict(model)?, &dir.join(OPEN_CLIP_MODEL_FILE))?;
     let config = serde_json::json!({
         "model_cfg": model_cfg(model.config()),
-        "preprocess_cfg": {"mean": MEAN, "std": STD},
+        "preprocess_cfg": {"mean": mean, "std": std_dev},
     });
     let json =
         serde_json::to_vec_pretty(&config).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
