@@ -184,23 +184,10 @@ fn check_against_reference(
     std::fs::write(&files[1], ids).unwrap();
     common::write_f32(&files[2], &m.encode_image(&images).unwrap());
     common::write_f32(&files[3], &m.encode_text(&tokens).unwrap());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join(script);
-    let out = std::process::Command::new(common::python())
-        .arg(script)
-        .arg(dir)
-        .args(&files)
-        .args([n, size, len].map(|v| v.to_string()))
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "reference failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    eprintln!("reference: {report}");
+    let mut args = vec![dir.as_os_str().to_owned()];
+    args.extend(files.iter().map(|f| f.as_os_str().to_owned()));
+    args.extend([n, size, len].map(|v| v.to_string().into()));
+    let report = common::run_reference(script, args);
     // Unit vectors: f32 against f64 agree to about 1e-6.
     for side in ["image_max_diff", "text_max_diff"] {
         let diff = report[side].as_f64().unwrap();

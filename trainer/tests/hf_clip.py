@@ -115,28 +115,39 @@ def transformers_embeds(export, images, tokens):
     return out.image_embeds.numpy(), out.text_embeds.numpy()
 
 
-def main():
-    export, images_path, tokens_path, wit_image_path, wit_text_path = sys.argv[1:6]
-    n, size, length = (int(a) for a in sys.argv[6:9])
-    t = load_safetensors(f"{export}/model.safetensors")
-    cfg = json.load(open(f"{export}/config.json"))
+def read_inputs(argv):
+    """The folder and the arrays the command line names (the usage above): images, token ids, and
+    wit's image and text embeddings."""
+    folder, images_path, tokens_path, wit_image_path, wit_text_path = argv[1:6]
+    n, size, length = (int(a) for a in argv[6:9])
     images = np.fromfile(images_path, dtype="<f4").reshape(n, 3, size, size).astype(np.float64)
     tokens = np.fromfile(tokens_path, dtype="<u4").reshape(n, length).astype(np.int64)
     wit_image = np.fromfile(wit_image_path, dtype="<f4").reshape(n, -1).astype(np.float64)
     wit_text = np.fromfile(wit_text_path, dtype="<f4").reshape(n, -1).astype(np.float64)
+    return folder, images, tokens, (wit_image, wit_text)
+
+
+def print_report(wit, ours, theirs, peer):
+    """Prints the JSON report: wit against NumPy per tower, and NumPy against the peer library
+    under `peer` (null when it did not run)."""
+    report = {
+        "image_max_diff": float(np.abs(wit[0] - ours[0]).max()),
+        "text_max_diff": float(np.abs(wit[1] - ours[1]).max()),
+        peer: None,
+    }
+    if theirs is not None:
+        report[peer] = float(max(np.abs(a - b).max() for a, b in zip(theirs, ours)))
+    print(json.dumps(report))
+
+
+def main():
+    export, images, tokens, wit = read_inputs(sys.argv)
+    t = load_safetensors(f"{export}/model.safetensors")
+    cfg = json.load(open(f"{export}/config.json"))
     image = normalised(image_embeds(images, t, cfg["vision_config"]))
     text = normalised(text_embeds(tokens, t, cfg["text_config"]))
-    report = {
-        "image_max_diff": float(np.abs(wit_image - image).max()),
-        "text_max_diff": float(np.abs(wit_text - text).max()),
-        "transformers_max_diff": None,
-    }
     theirs = transformers_embeds(export, images, tokens)
-    if theirs is not None:
-        report["transformers_max_diff"] = float(
-            max(np.abs(theirs[0] - image).max(), np.abs(theirs[1] - text).max())
-        )
-    print(json.dumps(report))
+    print_report(wit, (image, text), theirs, "transformers_max_diff")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import json
 import sys
 
 import numpy as np
-from hf_clip import image_embeds, normalised, text_embeds
+from hf_clip import image_embeds, normalised, print_report, read_inputs, text_embeds
 from modified_resnet import load_safetensors, modified_resnet
 
 BLOCK_PARTS = {
@@ -114,32 +114,18 @@ def open_clip_embeds(folder, images, tokens):
 
 
 def main():
-    folder, images_path, tokens_path, wit_image_path, wit_text_path = sys.argv[1:6]
-    n, size, length = (int(a) for a in sys.argv[6:9])
+    folder, images, tokens, wit = read_inputs(sys.argv)
     model_cfg = json.load(open(f"{folder}/open_clip_config.json"))["model_cfg"]
     vit = isinstance(model_cfg["vision_cfg"]["layers"], int)
     t = to_hf(load_safetensors(f"{folder}/open_clip_model.safetensors"), vit)
     vision_cfg, text_cfg = hf_configs(model_cfg)
-    images = np.fromfile(images_path, dtype="<f4").reshape(n, 3, size, size).astype(np.float64)
-    tokens = np.fromfile(tokens_path, dtype="<u4").reshape(n, length).astype(np.int64)
-    wit_image = np.fromfile(wit_image_path, dtype="<f4").reshape(n, -1).astype(np.float64)
-    wit_text = np.fromfile(wit_text_path, dtype="<f4").reshape(n, -1).astype(np.float64)
     if vit:
         image = image_embeds(images, t, vision_cfg)
     else:
         image = modified_resnet(images, t, model_cfg)
-    image, text = normalised(image), normalised(text_embeds(tokens, t, text_cfg))
-    report = {
-        "image_max_diff": float(np.abs(wit_image - image).max()),
-        "text_max_diff": float(np.abs(wit_text - text).max()),
-        "open_clip_max_diff": None,
-    }
+    ours = normalised(image), normalised(text_embeds(tokens, t, text_cfg))
     theirs = open_clip_embeds(folder, images, tokens)
-    if theirs is not None:
-        report["open_clip_max_diff"] = float(
-            max(np.abs(theirs[0] - image).max(), np.abs(theirs[1] - text).max())
-        )
-    print(json.dumps(report))
+    print_report(wit, ours, theirs, "open_clip_max_diff")
 
 
 if __name__ == "__main__":

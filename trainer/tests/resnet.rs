@@ -297,24 +297,20 @@ fn exported_features_match_a_numpy_modified_resnet() {
     );
     common::write_f32(&img_path, &images);
     common::write_f32(&feat_path, &features);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/modified_resnet.py");
-    let out = std::process::Command::new(common::python())
-        .arg(script)
-        .args([dir.path(), &img_path, &feat_path])
-        .args(["4", "32"])
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "reference failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = common::run_reference(
+        "modified_resnet.py",
+        [
+            dir.path(),
+            &img_path,
+            &feat_path,
+            Path::new("4"),
+            Path::new("32"),
+        ],
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let (diff, scale) = (
         report["max_diff"].as_f64().unwrap(),
         report["max_abs"].as_f64().unwrap(),
     );
-    eprintln!("reference: {report}");
     assert!(scale > 1e-3, "features vanished: {report}");
     assert!(
         diff <= 1e-4 * scale,

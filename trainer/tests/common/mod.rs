@@ -167,3 +167,28 @@ pub fn python() -> PathBuf {
     );
     venv
 }
+
+/// Runs the Python reference `script` (a file in tests/) with `args` and returns the JSON report it
+/// prints; a failing script fails the test with its stderr.
+pub fn run_reference<I, S>(script: &str, args: I) -> serde_json::Value
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let out = std::process::Command::new(python())
+        .arg(path)
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("{script}: {report}");
+    report
+}
