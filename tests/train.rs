@@ -353,12 +353,27 @@ fn init_starts_from_another_runs_weights_and_tokenizer() {
         )
         .unwrap()
     };
-    let (a, b) = (load(&first), load(&second));
-    assert_eq!(a.len(), b.len());
-    for (name, t) in &a {
-        let diff = (t - &b[name]).unwrap().abs().unwrap().max_all().unwrap();
-        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{name} moved");
-    }
+    let same_weights = |a: &Path, b: &Path| {
+        let (a, b) = (load(a), load(b));
+        assert_eq!(a.len(), b.len());
+        for (name, t) in &a {
+            let diff = (t - &b[name]).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{name} moved");
+        }
+    };
+    same_weights(&first, &second);
+    // open_clip's layout (what `wit export` writes, and LAION's models on the Hub) starts a run too.
+    let oc = data.join("open_clip");
+    let (first_s, oc_s) = (first.to_str().unwrap(), oc.to_str().unwrap());
+    wit_ok(&["export", "--checkpoint", first_s, "--out", oc_s]);
+    let from_oc = data.join("from-open-clip");
+    let out = train(&["--steps", "1", "--lr", "0", "--init", oc_s], &from_oc);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    same_weights(&first, &from_oc);
     assert_eq!(
         std::fs::read(first.join("tokenizer.json")).unwrap(),
         std::fs::read(second.join("tokenizer.json")).unwrap()

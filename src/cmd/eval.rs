@@ -18,8 +18,9 @@ use crate::testweb::scene::{caption, minimal_edits, parse_caption};
 /// Flags of `wit eval`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A `wit train --out` folder (model.safetensors, config.json, tokenizer.json), or a
-    /// Hugging Face ViT CLIP saved by transformers with its tokenizer.json.
+    /// A `wit train --out` folder (model.safetensors, config.json, tokenizer.json), a Hugging
+    /// Face ViT CLIP saved by transformers, or open_clip's `local-dir:` layout (pass
+    /// `--tokenizer` where the folder has no tokenizer.json).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Held-out shards (paths, brace patterns, folders, shardindex.json, URLs). Repeatable.

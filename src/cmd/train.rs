@@ -28,9 +28,11 @@ pub struct Args {
     #[arg(long, default_value = "tiny")]
     pub config: String,
     /// Start from the weights of a model folder instead of a random init (open_clip's
-    /// `--pretrained`): a `wit train --out` folder or a Hugging Face ViT CLIP saved by transformers
-    /// (`model.safetensors` + `config.json`, e.g. OpenAI's). Its config replaces `--config`, its
-    /// `tokenizer.json` is used unless `--tokenizer` is given; the optimiser starts fresh.
+    /// `--pretrained`): a `wit train --out` folder, a Hugging Face ViT CLIP saved by transformers
+    /// (`model.safetensors` + `config.json`, e.g. OpenAI's), or open_clip's `local-dir:` layout
+    /// (`open_clip_model.safetensors` + `open_clip_config.json`, e.g. a LAION model from the Hub).
+    /// Its config replaces `--config`, its `tokenizer.json` is used unless `--tokenizer` is given;
+    /// the optimiser starts fresh.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "resume"])]
     pub init: Option<PathBuf>,
     /// A Hugging Face `tokenizer.json`; without it (and without `--init`) a byte-level BPE is

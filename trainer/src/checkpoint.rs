@@ -107,8 +107,18 @@ fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>,
     })
 }
 
-/// Reads the configuration of an exported or checkpointed model folder.
+/// Reads the configuration of a model folder: a `wit train --out` folder or a transformers CLIP
+/// (`config.json`), or open_clip's `local-dir:` layout (`open_clip_config.json`).
 pub fn read_config(dir: &Path) -> Result<ClipConfig, TrainError> {
+    let open_clip_path = dir.join(crate::open_clip::OPEN_CLIP_CONFIG_FILE);
+    if !dir.join(CONFIG_FILE).exists() && open_clip_path.exists() {
+        let text =
+            std::fs::read_to_string(&open_clip_path).map_err(|e| io_err(&open_clip_path, e))?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            TrainError::Checkpoint(format!("{} is not JSON: {e}", open_clip_path.display()))
+        })?;
+        return crate::open_clip::read_model_cfg(&value["model_cfg"]);
+    }
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
     let value: serde_json::Value = serde_json::from_str(&text)
@@ -116,9 +126,15 @@ pub fn read_config(dir: &Path) -> Result<ClipConfig, TrainError> {
     ClipConfig::from_hf_config_json(&value)
 }
 
-/// Copies the weights of a model folder (`wit train --out`, or a Hugging Face CLIP's
-/// `model.safetensors`) into `model`, whose config must be the folder's.
+/// Copies the weights of a model folder (`wit train --out`, a Hugging Face CLIP's
+/// `model.safetensors`, or open_clip's `open_clip_model.safetensors`) into `model`, whose config
+/// must be the folder's.
 pub fn load_weights(model: &ClipModel, dir: &Path) -> Result<(), TrainError> {
+    let open_clip_path = dir.join(crate::open_clip::OPEN_CLIP_MODEL_FILE);
+    if !dir.join(MODEL_FILE).exists() && open_clip_path.exists() {
+        let file = read_tensors(&open_clip_path, model.device())?;
+        return model.load_tensors(&crate::open_clip::wit_tensors(&file, model)?);
+    }
     model.load_tensors(&read_tensors(&dir.join(MODEL_FILE), model.device())?)
 }
 

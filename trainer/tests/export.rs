@@ -334,3 +334,84 @@ fn a_transformers_config_json_reads_as_its_model() {
         assert!(err.contains(says), "{edit}: {err}");
     }
 }
+
+#[test]
+fn the_open_clip_form_reads_back_and_refuses_what_wit_cannot_compute() {
+    let normalisation = ([0.48, 0.46, 0.41], [0.27, 0.26, 0.28]);
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let images = Tensor::from_vec(
+        (0..2 * 3 * 64 * 64)
+            .map(|_| rng.random_range(-2.0f32..2.0))
+            .collect(),
+        (2, 3, 64, 64),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let tokens = captions(&[4, 31], 32, &mut rng);
+    for name in ["tiny", "tiny-rn"] {
+        let m = perturbed(&ClipConfig::named(name).unwrap(), &mut rng);
+        let dir = tempfile::tempdir().unwrap();
+        wit_trainer::open_clip::export(&m, dir.path(), normalisation).unwrap();
+        // A folder with only open_clip's two files is a model folder.
+        let back = wit_trainer::load_model(dir.path(), &Device::Cpu).unwrap();
+        let diff = |a: Tensor, b: Tensor| common::norm(&(a - b).unwrap());
+        let (i, t) = (&images, &tokens);
+        assert_eq!(
+            diff(back.encode_image(i).unwrap(), m.encode_image(i).unwrap()),
+            0.0,
+            "{name}"
+        );
+        assert_eq!(
+            diff(back.encode_text(t).unwrap(), m.encode_text(t).unwrap()),
+            0.0,
+            "{name}"
+        );
+    }
+
+    // What wit would silently compute differently is refused, naming the field or tensor.
+    let m = perturbed(&ClipConfig::named("tiny").unwrap(), &mut rng);
+    let dir = tempfile::tempdir().unwrap();
+    wit_trainer::open_clip::export(&m, dir.path(), normalisation).unwrap();
+    let config_path = dir
+        .path()
+        .join(wit_trainer::open_clip::OPEN_CLIP_CONFIG_FILE);
+    let original = std::fs::read(&config_path).unwrap();
+    for (section, field, value) in [
+        ("vision_cfg", "ls_init_value", serde_json::json!(1e-5)),
+        ("vision_cfg", "attentional_pool", serde_json::json!(true)),
+        ("text_cfg", "pool_type", serde_json::json!("last")),
+    ] {
+        let mut json: serde_json::Value = serde_json::from_slice(&original).unwrap();
+        json["model_cfg"][section][field] = value;
+        std::fs::write(&config_path, serde_json::to_vec(&json).unwrap()).unwrap();
+        let err = wit_trainer::load_model(dir.path(), &Device::Cpu)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains(field), "{field}: {err}");
+    }
+    std::fs::write(&config_path, &original).unwrap();
+    let weights_path = dir
+        .path()
+        .join(wit_trainer::open_clip::OPEN_CLIP_MODEL_FILE);
+    let mut weights = candle_core::safetensors::load(&weights_path, &Device::Cpu).unwrap();
+    let extra = "visual.transformer.resblocks.0.ls_1.gamma";
+    weights.insert(
+        extra.into(),
+        Tensor::ones(128, DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&weights, &weights_path).unwrap();
+    let err = wit_trainer::load_model(dir.path(), &Device::Cpu)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains(extra), "{err}");
+    weights.remove(extra);
+    weights.remove("ln_final.bias");
+    candle_core::safetensors::save(&weights, &weights_path).unwrap();
+    let err = wit_trainer::load_model(dir.path(), &Device::Cpu)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("ln_final.bias"), "{err}");
+}
