@@ -63,6 +63,14 @@ pub struct Args {
     /// AdamW weight decay on matrices (vectors are never decayed).
     #[arg(long, default_value_t = 0.2)]
     pub weight_decay: f64,
+    /// Freeze the image tower (open_clip's `--lock-image`): with `--init` from a pretrained model
+    /// this is LiT, a text tower taught to read a fixed image embedding. The frozen tower runs no
+    /// backward pass, so steps are cheaper.
+    #[arg(long)]
+    pub lock_image: bool,
+    /// Freeze the text tower (open_clip's `--lock-text`).
+    #[arg(long)]
+    pub lock_text: bool,
     /// Seed of the weights, shard order, shuffle and crops.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -189,6 +197,8 @@ fn train_config(args: &Args) -> TrainConfig {
             ..AdamWConfig::default()
         },
         seed: args.seed,
+        lock_image: args.lock_image,
+        lock_text: args.lock_text,
     }
 }
 

@@ -30,6 +30,14 @@ pub struct TrainConfig {
     pub adamw: AdamWConfig,
     /// Seed of the weight initialisation.
     pub seed: u64,
+    /// Freeze the image tower (open_clip's `--lock-image`; LiT when starting from pretrained
+    /// weights): its features enter the loss without a graph, so it gets no gradient, no update
+    /// and no backward pass. A ResNet's BatchNorm still tracks statistics, as in open_clip.
+    #[serde(default)]
+    pub lock_image: bool,
+    /// Freeze the text tower (open_clip's `--lock-text`), likewise.
+    #[serde(default)]
+    pub lock_text: bool,
 }
 
 impl Default for TrainConfig {
@@ -42,6 +50,8 @@ impl Default for TrainConfig {
             max_grad_norm: Some(1.0),
             adamw: AdamWConfig::default(),
             seed: 0,
+            lock_image: false,
+            lock_text: false,
         }
     }
 }
@@ -67,11 +77,19 @@ struct Features {
 
 impl Features {
     /// Encodes `b` in training mode; captions and negatives go through the text tower in one
-    /// pass. `update_stats`: fold the batch's statistics into BatchNorm's running ones.
-    fn of(m: &ClipModel, b: &MicroBatch, update_stats: bool) -> Result<Features, TrainError> {
+    /// pass. `update_stats`: fold the batch's statistics into BatchNorm's running ones. A locked
+    /// tower's features come without a graph.
+    fn of(
+        m: &ClipModel,
+        b: &MicroBatch,
+        update_stats: bool,
+        cfg: &TrainConfig,
+    ) -> Result<Features, TrainError> {
+        let unless = |locked: bool, t: Tensor| if locked { t.detach() } else { t };
         let image = m.encode_image_in(&b.images, Mode::Train { update_stats })?;
+        let image = unless(cfg.lock_image, image);
         let Some(neg) = &b.negatives else {
-            let text = m.encode_text(&b.tokens)?;
+            let text = unless(cfg.lock_text, m.encode_text(&b.tokens)?);
             return Ok(Features {
                 image,
                 text,
@@ -80,6 +98,7 @@ impl Features {
         };
         let n = b.tokens.dim(0)?;
         let all = m.encode_text(&Tensor::cat(&[&b.tokens, neg], 0)?)?;
+        let all = unless(cfg.lock_text, all);
         let extra = all.dim(0)? - n;
         Ok(Features {
             image,
@@ -222,7 +241,10 @@ impl Trainer {
     pub fn gradients(&self, micro: &[MicroBatch]) -> Result<Gradients, TrainError> {
         let m = &self.model;
         if micro.len() == 1 {
-            let loss = joint_loss(&[&Features::of(m, &micro[0], true)?], m.logit_scale())?;
+            let loss = joint_loss(
+                &[&Features::of(m, &micro[0], true, &self.cfg)?],
+                m.logit_scale(),
+            )?;
             let grads = self.collect(&loss.backward()?)?;
             return Ok(Gradients {
                 loss: scalar(&loss)?,
@@ -231,12 +253,12 @@ impl Trainer {
         }
         let cached = micro
             .iter()
-            .map(|b| Ok(Features::of(m, b, true)?.detach()))
+            .map(|b| Ok(Features::of(m, b, true, &self.cfg)?.detach()))
             .collect::<Result<Vec<_>, TrainError>>()?;
         let mut total: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut loss_value = 0.0;
         for (j, batch) in micro.iter().enumerate() {
-            let live = Features::of(m, batch, false)?;
+            let live = Features::of(m, batch, false, &self.cfg)?;
             let parts: Vec<&Features> = cached
                 .iter()
                 .enumerate()

@@ -544,3 +544,55 @@ fn cuda_training_agrees_with_the_cpu_with_and_without_the_kernels() {
     eprintln!("CUDA loss {first} -> {last}");
     assert!(last < 0.5 * first, "CUDA loss {first} -> {last}");
 }
+
+#[test]
+fn a_locked_tower_gets_no_gradient_and_stays_while_the_other_learns() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let b = batch(
+        &(0..16).map(|i| i * 4).collect::<Vec<_>>(),
+        &mut rng,
+        DType::F32,
+    );
+    let image_side = |n: &str| n.starts_with("vision_model") || n.starts_with("visual_projection");
+    let text_side = |n: &str| n.starts_with("text_model") || n.starts_with("text_projection");
+    for (lock_image, frozen, free) in [
+        (
+            true,
+            &image_side as &dyn Fn(&str) -> bool,
+            &text_side as &dyn Fn(&str) -> bool,
+        ),
+        (false, &text_side, &image_side),
+    ] {
+        let cfg = TrainConfig {
+            steps: 30,
+            lr: 2e-3,
+            warmup: 2,
+            lock_image,
+            lock_text: !lock_image,
+            ..TrainConfig::default()
+        };
+        let mut t = trainer(DType::F32, cfg);
+        let g = t.gradients(std::slice::from_ref(&b)).unwrap();
+        let names: Vec<&String> = t.model().vars().keys().collect();
+        assert!(names.iter().any(|n| frozen(n)) && names.iter().any(|n| free(n)));
+        for name in names {
+            assert_eq!(
+                g.grads.contains_key(name),
+                !frozen(name),
+                "{name} (lock_image {lock_image})"
+            );
+        }
+        let before = snapshot(&t);
+        let (first, last) = first_and_last_loss(&mut t, &b, 30);
+        let after = snapshot(&t);
+        for (name, values) in &before {
+            let moved = values != &after[name];
+            assert_eq!(moved, !frozen(name), "{name} (lock_image {lock_image})");
+        }
+        // The free tower alone still fits the fixed batch.
+        assert!(
+            last < 0.7 * first,
+            "lock_image {lock_image}: loss {first} -> {last}"
+        );
+    }
+}
