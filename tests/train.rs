@@ -59,6 +59,29 @@ fn safetensors_shapes(path: &Path) -> serde_json::Value {
     serde_json::from_str(&header).unwrap()
 }
 
+/// The `wit train` flags every test here runs with (batch 8, one warmup step, a 300-id tokenizer,
+/// one loader thread, no progress bar) on `shard` into `out`, then `extra`.
+fn train_args<'a>(shard: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "train",
+        "--data",
+        shard.to_str().unwrap(),
+        "--batch-size",
+        "8",
+        "--warmup",
+        "1",
+        "--vocab-size",
+        "300",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 #[test]
 fn train_writes_a_hugging_face_checkpoint_and_eval_reports_the_documented_json() {
     let tmp = scratch();
@@ -74,32 +97,19 @@ fn train_writes_a_hugging_face_checkpoint_and_eval_reports_the_documented_json()
     assert!(distinct.len() < eval_captions.len());
     let out = data.join("run");
     let shard = data.join("train-0.tar");
-    wit_ok(&[
-        "train",
-        "--data",
-        shard.to_str().unwrap(),
+    let flags = [
         "--config",
         "tiny",
         "--steps",
         "3",
-        "--batch-size",
-        "8",
         "--accum",
         "2",
-        "--warmup",
-        "1",
         "--lr",
         "1e-3",
-        "--vocab-size",
-        "300",
         "--save-every",
         "2",
-        "--threads",
-        "1",
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    ];
+    wit_ok(&train_args(&shard, &out, &flags));
     for f in [
         "model.safetensors",
         "config.json",
@@ -204,26 +214,8 @@ fn a_resnet_image_tower_trains_and_evaluates_through_the_cli() {
     write_shard(data, "eval-0", 12, 4, false);
     let out = data.join("run");
     let shard = data.join("train-0.tar");
-    wit_ok(&[
-        "train",
-        "--data",
-        shard.to_str().unwrap(),
-        "--config",
-        "tiny-rn",
-        "--steps",
-        "2",
-        "--batch-size",
-        "8",
-        "--warmup",
-        "1",
-        "--vocab-size",
-        "300",
-        "--threads",
-        "1",
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let flags = ["--config", "tiny-rn", "--steps", "2"];
+    wit_ok(&train_args(&shard, &out, &flags));
     let shapes = safetensors_shapes(&out.join("model.safetensors"));
     // open_clip's ModifiedResNet names, running statistics included; the text tower keeps HF's.
     assert_eq!(
@@ -307,26 +299,7 @@ fn init_starts_from_another_runs_weights_and_tokenizer() {
     let data = tmp.path();
     write_shard(data, "train-0", 16, 5, false);
     let shard = data.join("train-0.tar");
-    let train = |extra: &[&str], out: &Path| {
-        let mut args = vec![
-            "train",
-            "--data",
-            shard.to_str().unwrap(),
-            "--batch-size",
-            "8",
-            "--warmup",
-            "1",
-            "--vocab-size",
-            "300",
-            "--threads",
-            "1",
-            "--quiet",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        wit(&args)
-    };
+    let train = |extra: &[&str], out: &Path| wit(&train_args(&shard, out, extra));
     let (first, second) = (data.join("first"), data.join("second"));
     assert!(train(&["--steps", "2"], &first).status.success());
     // At learning rate 0 AdamW moves nothing, so the second run ends where --init started it.

@@ -264,7 +264,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .tokenizer
         .clone()
         .unwrap_or_else(|| args.checkpoint.join(super::train::TOKENIZER_FILE));
-    let tok = Arc::new(TextTokenizer::from_file(&tok_path)?);
+    let tok = Arc::new(TextTokenizer::from_file(&tok_path).with_context(|| {
+        format!(
+            "no tokenizer for {}: pass --tokenizer (an open_clip folder has none; use the tokenizer.json the model was trained with, CLIP's for OpenAI or LAION weights)",
+            args.checkpoint.display()
+        )
+    })?);
     let pairs = embed_pairs(&args, &model, &tok, &device)?;
     let retrieval = wit_trainer::retrieval(&pairs.images, &pairs.texts)?;
     let edits = minimal_edit(&pairs, &model, &tok, &device)?;

@@ -107,32 +107,35 @@ fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>,
     })
 }
 
+/// Whether `dir` is open_clip's `local-dir:` layout rather than a wit or transformers folder:
+/// its files there, no `config.json`. Config and weights are read by the same rule.
+fn is_open_clip_folder(dir: &Path) -> bool {
+    !dir.join(CONFIG_FILE).exists() && dir.join(crate::open_clip::OPEN_CLIP_CONFIG_FILE).exists()
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| TrainError::Checkpoint(format!("{} is not JSON: {e}", path.display())))
+}
+
 /// Reads the configuration of a model folder: a `wit train --out` folder or a transformers CLIP
 /// (`config.json`), or open_clip's `local-dir:` layout (`open_clip_config.json`).
 pub fn read_config(dir: &Path) -> Result<ClipConfig, TrainError> {
-    let open_clip_path = dir.join(crate::open_clip::OPEN_CLIP_CONFIG_FILE);
-    if !dir.join(CONFIG_FILE).exists() && open_clip_path.exists() {
-        let text =
-            std::fs::read_to_string(&open_clip_path).map_err(|e| io_err(&open_clip_path, e))?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            TrainError::Checkpoint(format!("{} is not JSON: {e}", open_clip_path.display()))
-        })?;
+    if is_open_clip_folder(dir) {
+        let value = read_json(&dir.join(crate::open_clip::OPEN_CLIP_CONFIG_FILE))?;
         return crate::open_clip::read_model_cfg(&value["model_cfg"]);
     }
-    let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Checkpoint(format!("{} is not JSON: {e}", path.display())))?;
-    ClipConfig::from_hf_config_json(&value)
+    ClipConfig::from_hf_config_json(&read_json(&dir.join(CONFIG_FILE))?)
 }
 
 /// Copies the weights of a model folder (`wit train --out`, a Hugging Face CLIP's
 /// `model.safetensors`, or open_clip's `open_clip_model.safetensors`) into `model`, whose config
 /// must be the folder's.
 pub fn load_weights(model: &ClipModel, dir: &Path) -> Result<(), TrainError> {
-    let open_clip_path = dir.join(crate::open_clip::OPEN_CLIP_MODEL_FILE);
-    if !dir.join(MODEL_FILE).exists() && open_clip_path.exists() {
-        let file = read_tensors(&open_clip_path, model.device())?;
+    if is_open_clip_folder(dir) {
+        let path = dir.join(crate::open_clip::OPEN_CLIP_MODEL_FILE);
+        let file = read_tensors(&path, model.device())?;
         return model.load_tensors(&crate::open_clip::wit_tensors(&file, model)?);
     }
     model.load_tensors(&read_tensors(&dir.join(MODEL_FILE), model.device())?)

@@ -78,33 +78,47 @@ struct Features {
 impl Features {
     /// Encodes `b` in training mode; captions and negatives go through the text tower in one
     /// pass. `update_stats`: fold the batch's statistics into BatchNorm's running ones. A locked
-    /// tower's features come without a graph.
+    /// tower's features come without a graph, and are taken from `cached` (this micro-batch's
+    /// first-pass features) when given: recomputing them would give the same numbers.
     fn of(
         m: &ClipModel,
         b: &MicroBatch,
         update_stats: bool,
         cfg: &TrainConfig,
+        cached: Option<&Features>,
     ) -> Result<Features, TrainError> {
-        let unless = |locked: bool, t: Tensor| if locked { t.detach() } else { t };
-        let image = m.encode_image_in(&b.images, Mode::Train { update_stats })?;
-        let image = unless(cfg.lock_image, image);
+        let image = match cached {
+            Some(c) if cfg.lock_image => c.image.clone(),
+            _ => {
+                let image = m.encode_image_in(&b.images, Mode::Train { update_stats })?;
+                detached_if(cfg.lock_image, image)
+            }
+        };
+        let (text, negatives) = match cached {
+            Some(c) if cfg.lock_text => (c.text.clone(), c.negatives.clone()),
+            _ => Self::texts(m, b, cfg.lock_text)?,
+        };
+        Ok(Features {
+            image,
+            text,
+            negatives,
+        })
+    }
+
+    /// Caption and hard-negative features of `b`, without a graph when the text tower is locked.
+    fn texts(
+        m: &ClipModel,
+        b: &MicroBatch,
+        locked: bool,
+    ) -> Result<(Tensor, Option<Tensor>), TrainError> {
         let Some(neg) = &b.negatives else {
-            let text = unless(cfg.lock_text, m.encode_text(&b.tokens)?);
-            return Ok(Features {
-                image,
-                text,
-                negatives: None,
-            });
+            return Ok((detached_if(locked, m.encode_text(&b.tokens)?), None));
         };
         let n = b.tokens.dim(0)?;
         let all = m.encode_text(&Tensor::cat(&[&b.tokens, neg], 0)?)?;
-        let all = unless(cfg.lock_text, all);
+        let all = detached_if(locked, all);
         let extra = all.dim(0)? - n;
-        Ok(Features {
-            image,
-            text: all.narrow(0, 0, n)?,
-            negatives: Some(all.narrow(0, n, extra)?),
-        })
+        Ok((all.narrow(0, 0, n)?, Some(all.narrow(0, n, extra)?)))
     }
 
     fn detach(&self) -> Features {
@@ -113,6 +127,15 @@ impl Features {
             text: self.text.detach(),
             negatives: self.negatives.as_ref().map(Tensor::detach),
         }
+    }
+}
+
+/// `t` without its graph when `locked` (a frozen tower's output).
+fn detached_if(locked: bool, t: Tensor) -> Tensor {
+    if locked {
+        t.detach()
+    } else {
+        t
     }
 }
 
@@ -242,7 +265,7 @@ impl Trainer {
         let m = &self.model;
         if micro.len() == 1 {
             let loss = joint_loss(
-                &[&Features::of(m, &micro[0], true, &self.cfg)?],
+                &[&Features::of(m, &micro[0], true, &self.cfg, None)?],
                 m.logit_scale(),
             )?;
             let grads = self.collect(&loss.backward()?)?;
@@ -253,12 +276,12 @@ impl Trainer {
         }
         let cached = micro
             .iter()
-            .map(|b| Ok(Features::of(m, b, true, &self.cfg)?.detach()))
+            .map(|b| Ok(Features::of(m, b, true, &self.cfg, None)?.detach()))
             .collect::<Result<Vec<_>, TrainError>>()?;
         let mut total: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut loss_value = 0.0;
         for (j, batch) in micro.iter().enumerate() {
-            let live = Features::of(m, batch, false, &self.cfg)?;
+            let live = Features::of(m, batch, false, &self.cfg, Some(&cached[j]))?;
             let parts: Vec<&Features> = cached
                 .iter()
                 .enumerate()

@@ -263,7 +263,6 @@ fn f64_gradients_match_finite_differences() {
 
 #[test]
 fn accumulated_gradients_equal_one_big_batch() {
-    let t = trainer(DType::F64, TrainConfig::default());
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     let whole = batch(&[2, 4, 8, 16, 32, 63], &mut rng, DType::F64);
     let part = |s: usize| MicroBatch {
@@ -271,9 +270,22 @@ fn accumulated_gradients_equal_one_big_batch() {
         tokens: whole.tokens.narrow(0, s, 2).unwrap(),
         negatives: None,
     };
-    let one = t.gradients(std::slice::from_ref(&whole)).unwrap();
-    let acc = t.gradients(&[part(0), part(2), part(4)]).unwrap();
-    assert_same_gradients(&one, &acc);
+    // Also with a locked tower, whose second-pass features are the cached first-pass ones.
+    for (lock_image, lock_text) in [(false, false), (true, false), (false, true)] {
+        let cfg = TrainConfig {
+            lock_image,
+            lock_text,
+            ..TrainConfig::default()
+        };
+        let t = trainer(DType::F64, cfg);
+        let one = t.gradients(std::slice::from_ref(&whole)).unwrap();
+        let acc = t.gradients(&[part(0), part(2), part(4)]).unwrap();
+        assert_same_gradients(&one, &acc);
+        assert!(
+            one.grads.keys().eq(acc.grads.keys()),
+            "{lock_image} {lock_text}"
+        );
+    }
 }
 
 #[test]
