@@ -82,6 +82,24 @@ fn train_args<'a>(shard: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a 
     args
 }
 
+/// Runs `wit eval` on the run folder `run` against `shard` with `extra` flags; returns the JSON
+/// report it writes (`--json`).
+fn eval_report(run: &Path, shard: &Path, extra: &[&str]) -> serde_json::Value {
+    let json = run.with_extension("eval.json");
+    let mut args = vec![
+        "eval",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--data",
+        shard.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    wit_ok(&args);
+    serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
+}
+
 #[test]
 fn train_writes_a_hugging_face_checkpoint_and_eval_reports_the_documented_json() {
     let tmp = scratch();
@@ -113,7 +131,7 @@ fn train_writes_a_hugging_face_checkpoint_and_eval_reports_the_documented_json()
     for f in [
         "model.safetensors",
         "config.json",
-        "optimizer.safetensors",
+        "resume-00000003.safetensors",
         "trainer_state.json",
         "tokenizer.json",
     ] {
@@ -157,22 +175,16 @@ fn train_writes_a_hugging_face_checkpoint_and_eval_reports_the_documented_json()
         .expect("an end token");
     assert_eq!(end["id"].as_u64(), Some(eos));
 
-    let json = data.join("eval.json");
-    let eval_shard = data.join("eval-0.tar");
-    wit_ok(&[
-        "eval",
-        "--checkpoint",
-        out.to_str().unwrap(),
-        "--data",
-        eval_shard.to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
-        "--labels",
-        "circle,square,triangle,star,cross",
-        "--misses",
-        "1000",
-    ]);
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let report = eval_report(
+        &out,
+        &data.join("eval-0.tar"),
+        &[
+            "--labels",
+            "circle,square,triangle,star,cross",
+            "--misses",
+            "1000",
+        ],
+    );
     assert_eq!(
         report["n"].as_u64(),
         Some(distinct.len() as u64),
@@ -277,17 +289,7 @@ fn a_resnet_image_tower_trains_and_evaluates_through_the_cli() {
         std::fs::read(out.join("tokenizer.json")).unwrap()
     );
 
-    let json = data.join("eval.json");
-    wit_ok(&[
-        "eval",
-        "--checkpoint",
-        out.to_str().unwrap(),
-        "--data",
-        data.join("eval-0.tar").to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let report = eval_report(&out, &data.join("eval-0.tar"), &[]);
     assert!(report["n"].as_u64().unwrap() >= 10, "{report}");
     let r10 = report["text_to_image"]["r10"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&r10), "{report}");
@@ -402,4 +404,103 @@ fn init_starts_from_another_runs_weights_and_tokenizer() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--config"), "{err}");
+}
+
+/// The JSON lines of `name` in a run folder.
+fn json_lines(out: &Path, name: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The step `trainer_state.json` names, if a save has finished.
+fn saved_step(out: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(out.join("trainer_state.json")).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_uninterrupted_runs_weights_log_and_validations() {
+    let tmp = scratch();
+    let data = tmp.path();
+    write_shard(data, "train-0", 40, 6, false);
+    let held_out = write_shard(data, "eval-0", 16, 7, false);
+    let (shard, val) = (data.join("train-0.tar"), data.join("eval-0.tar"));
+    // 16 steps of 8 pairs are three epochs and more of the 40 pairs: resumes cross epochs.
+    let flags = [
+        "--steps",
+        "16",
+        "--lr",
+        "1e-3",
+        "--save-every",
+        "2",
+        "--val-data",
+        val.to_str().unwrap(),
+        "--val-every",
+        "3",
+        "--seed",
+        "3",
+        "--beta2",
+        "0.999",
+    ];
+    let whole = data.join("whole");
+    wit_ok(&train_args(&shard, &whole, &flags));
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(whole.join("trainer_state.json")).unwrap()).unwrap();
+    assert_eq!(state["train_config"]["adamw"]["beta2"], 0.999, "{state}");
+    // Validation before the first step, after every third and after the last, each on every
+    // held-out pair.
+    let vals = json_lines(&whole, "val.jsonl");
+    let val_steps: Vec<u64> = vals.iter().map(|v| v["step"].as_u64().unwrap()).collect();
+    assert_eq!(val_steps, [0, 3, 6, 9, 12, 15, 16]);
+    let last = vals.last().unwrap();
+    assert_eq!(last["n"].as_u64(), Some(held_out.len() as u64), "{last}");
+    assert!(last["loss"].as_f64().unwrap() > 0.0, "{last}");
+    // The last validation is what `wit eval` reports on the final checkpoint.
+    let report = eval_report(&whole, &val, &["--batch-size", "8"]);
+    for dir in ["image_to_text", "text_to_image"] {
+        assert_eq!(last[dir], report[dir], "{dir}: {last} vs {report}");
+    }
+
+    // The same run, killed once a save has finished and a step after it is logged (so the logs
+    // hold lines the checkpoint has not), then resumed.
+    let killed = data.join("killed");
+    let mut child = std::process::Command::new(crate::common::wit_bin())
+        .args(train_args(&shard, &killed, &flags))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let logged = |out: &Path| {
+        std::fs::read_to_string(out.join("log.jsonl")).map_or(0, |t| t.lines().count() as u64)
+    };
+    while saved_step(&killed).is_none_or(|s| s < 2 || logged(&killed) <= s) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "wit train exited before its first save"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let stopped = saved_step(&killed).unwrap();
+    assert!(stopped < 16, "the run finished before it was killed");
+    let mut resume = flags.to_vec();
+    resume.push("--resume");
+    wit_ok(&train_args(&shard, &killed, &resume));
+    assert_eq!(
+        std::fs::read(killed.join("model.safetensors")).unwrap(),
+        std::fs::read(whole.join("model.safetensors")).unwrap(),
+        "killed after step {stopped} and resumed: other weights"
+    );
+    let losses = |out: &Path| -> Vec<(u64, f64)> {
+        json_lines(out, "log.jsonl")
+            .iter()
+            .map(|l| (l["step"].as_u64().unwrap(), l["loss"].as_f64().unwrap()))
+            .collect()
+    };
+    assert_eq!(losses(&killed), losses(&whole));
+    assert_eq!(json_lines(&killed, "val.jsonl"), vals);
 }

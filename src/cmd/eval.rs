@@ -57,22 +57,37 @@ pub struct Args {
 }
 
 /// The held-out pairs' embeddings and captions.
-struct Pairs {
-    images: Tensor,
-    texts: Tensor,
-    captions: Vec<String>,
+pub(crate) struct Pairs {
+    /// `(N, D)` L2-normalised image embeddings, row `i` pair `i`'s.
+    pub images: Tensor,
+    /// `(N, D)` L2-normalised caption embeddings.
+    pub texts: Tensor,
+    /// The `N` captions, in shard order.
+    pub captions: Vec<String>,
 }
 
-/// Embeds the first `max` pairs with distinct captions ([`caption_key`]), batch by batch (memory
-/// ∝ embeddings only).
-fn embed_pairs(
-    args: &Args,
+/// What to embed: the held-out shards, how many pairs at most, and how many per forward pass.
+pub(crate) struct HeldOut<'a> {
+    /// Shard specifications, as `--data` takes them.
+    pub data: &'a [String],
+    /// At most this many pairs.
+    pub max_pairs: usize,
+    /// Pairs per forward pass.
+    pub batch_size: usize,
+}
+
+/// Embeds the first `max_pairs` pairs with distinct captions ([`caption_key`]), centre-cropped,
+/// batch by batch (memory ∝ embeddings only). `wit eval` and `wit train --val-data` share it, so
+/// both score the same pairs.
+pub(crate) fn embed_pairs(
+    held_out: &HeldOut,
     model: &ClipModel,
     tok: &Arc<TextTokenizer>,
     device: &Device,
 ) -> anyhow::Result<Pairs> {
-    let mut cfg = LoaderConfig::new(args.data.clone(), tok.clone());
-    cfg.batch_size = args.batch_size;
+    let max_pairs = held_out.max_pairs;
+    let mut cfg = LoaderConfig::new(held_out.data.to_vec(), tok.clone());
+    cfg.batch_size = held_out.batch_size;
     cfg.image_size = model.config().vision_cfg.image_size as u32;
     cfg.crop = CropMode::Center;
     cfg.single_pass = true;
@@ -80,11 +95,11 @@ fn embed_pairs(
     let mut loader = Loader::new(cfg)?;
     let (mut imgs, mut txts, mut captions) = (Vec::new(), Vec::new(), Vec::new());
     let mut seen = HashSet::new();
-    while captions.len() < args.max_pairs {
+    while captions.len() < max_pairs {
         let Some(b) = loader.next_batch()? else { break };
         let keep: Vec<u32> = (0..b.captions.len() as u32)
             .filter(|&i| seen.insert(caption_key(&b.captions[i as usize])))
-            .take(args.max_pairs - captions.len())
+            .take(max_pairs - captions.len())
             .collect();
         if keep.is_empty() {
             continue;
@@ -104,7 +119,8 @@ fn embed_pairs(
     }
     if captions.is_empty() {
         bail!(
-            "no pairs with captions in --data; pass the held-out shards written by `wit download`"
+            "no pairs with captions in {}; pass held-out shards written by `wit download`",
+            held_out.data.join(" ")
         );
     }
     Ok(Pairs {
@@ -270,7 +286,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.checkpoint.display()
         )
     })?);
-    let pairs = embed_pairs(&args, &model, &tok, &device)?;
+    let held_out = HeldOut {
+        data: &args.data,
+        max_pairs: args.max_pairs,
+        batch_size: args.batch_size,
+    };
+    let pairs = embed_pairs(&held_out, &model, &tok, &device)?;
     let retrieval = wit_trainer::retrieval(&pairs.images, &pairs.texts)?;
     let edits = minimal_edit(&pairs, &model, &tok, &device)?;
     let zs = zero_shot(&args, &pairs, &model, &tok, &device)?;

@@ -9,12 +9,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use wit_loader::{CropMode, HardNegatives, Loader, LoaderConfig, LoaderState, TextTokenizer};
 use wit_trainer::candle::Device;
-use wit_trainer::{AdamWConfig, ClipConfig, MicroBatch, StepStats, TrainConfig, Trainer};
+use wit_trainer::{AdamWConfig, ClipConfig, MicroBatch, Recall, TrainConfig, Trainer};
+
+use super::eval::{embed_pairs, HeldOut};
 
 /// Tokenizer file kept next to the checkpoint, so eval and resume tokenise as training did.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// Per-step JSON lines: step, loss, lr, logit_scale, grad_norm, samples, samples_per_s.
 pub const LOG_FILE: &str = "log.jsonl";
+/// Per-validation JSON lines ([`Validation`]), with `--val-data`.
+pub const VAL_FILE: &str = "val.jsonl";
 
 /// Flags of `wit train`.
 #[derive(clap::Args, Debug)]
@@ -63,6 +67,16 @@ pub struct Args {
     /// AdamW weight decay on matrices (vectors are never decayed).
     #[arg(long, default_value_t = 0.2)]
     pub weight_decay: f64,
+    /// AdamW's first-moment decay (open_clip's `--beta1`).
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f64,
+    /// AdamW's second-moment decay (`--beta2`): CLIP's 0.98 steadies large-batch training;
+    /// fine-tuning recipes often use 0.999.
+    #[arg(long, default_value_t = 0.98)]
+    pub beta2: f64,
+    /// Added to the root of AdamW's second moment (`--eps`).
+    #[arg(long, default_value_t = 1e-6)]
+    pub eps: f64,
     /// Freeze the image tower (open_clip's `--lock-image`): with `--init` from a pretrained model
     /// this is LiT, a text tower taught to read a fixed image embedding. The frozen tower runs no
     /// backward pass, so steps are cheaper.
@@ -96,7 +110,19 @@ pub struct Args {
     /// Save a checkpoint every this many steps (and always at the end).
     #[arg(long, default_value_t = 500)]
     pub save_every: u64,
-    /// Output folder: checkpoint, Hugging Face export, tokenizer.json, log.jsonl.
+    /// Held-out shards to score while training (open_clip's `--val-data`): before the first
+    /// step, every `--val-every` steps and after the last, Recall@1/5/10 both ways and open_clip's `clip_val_loss` over the
+    /// first `--val-max-pairs` pairs with distinct captions go to `OUT/val.jsonl` and the log.
+    /// The pairs and recalls are `wit eval`'s, so a curve ends where `wit eval` starts.
+    #[arg(long, num_args = 1..)]
+    pub val_data: Vec<String>,
+    /// Steps between validations (with `--val-data`).
+    #[arg(long, default_value_t = 500)]
+    pub val_every: u64,
+    /// Held-out pairs scored per validation (the first ones with distinct captions).
+    #[arg(long, default_value_t = 1000)]
+    pub val_max_pairs: usize,
+    /// Output folder: checkpoint, Hugging Face export, tokenizer.json, log.jsonl, val.jsonl.
     #[arg(long)]
     pub out: PathBuf,
     /// Continue from the checkpoint in `--out` exactly where it stopped: its model and training
@@ -193,8 +219,10 @@ fn train_config(args: &Args) -> TrainConfig {
         accum: args.accum,
         max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
         adamw: AdamWConfig {
+            beta1: args.beta1,
+            beta2: args.beta2,
+            eps: args.eps,
             weight_decay: args.weight_decay,
-            ..AdamWConfig::default()
         },
         seed: args.seed,
         lock_image: args.lock_image,
@@ -241,11 +269,11 @@ fn start(
 fn loader(
     args: &Args,
     trainer: &Trainer,
-    tok: TextTokenizer,
+    tok: Arc<TextTokenizer>,
     state: Option<LoaderState>,
     device: &Device,
 ) -> anyhow::Result<Loader> {
-    let mut cfg = LoaderConfig::new(args.data.clone(), Arc::new(tok));
+    let mut cfg = LoaderConfig::new(args.data.clone(), tok);
     cfg.batch_size = args.batch_size;
     cfg.image_size = trainer.model().config().vision_cfg.image_size as u32;
     cfg.crop = args.crop;
@@ -274,14 +302,15 @@ fn next_batch(loader: &mut Loader) -> anyhow::Result<MicroBatch> {
     bail!("the shards yielded no batch: check --data and that --batch-size is at most the number of samples")
 }
 
-/// Opens `log.jsonl` for appending, first dropping lines of steps after `step` (the checkpoint a
-/// resume starts from), so the log lists every step once.
-fn open_log(out: &Path, step: u64) -> anyhow::Result<std::fs::File> {
-    let path = out.join(LOG_FILE);
+/// Opens the JSON-lines file `name` in `out` for appending, first dropping lines of steps after
+/// `step` (the checkpoint a resume starts from), so the file lists every step once.
+fn open_log(out: &Path, name: &str, step: u64) -> anyhow::Result<std::fs::File> {
+    let path = out.join(name);
     if let Ok(text) = std::fs::read_to_string(&path) {
+        let step_of = |l: &str| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64();
         let kept: String = text
             .lines()
-            .filter(|l| serde_json::from_str::<StepStats>(l).is_ok_and(|s| s.step <= step))
+            .filter(|l| step_of(l).is_some_and(|s| s <= step))
             .map(|l| format!("{l}\n"))
             .collect();
         std::fs::write(&path, kept)
@@ -294,8 +323,66 @@ fn open_log(out: &Path, step: u64) -> anyhow::Result<std::fs::File> {
         .with_context(|| format!("cannot open {}", path.display()))
 }
 
-fn log_line(log: &mut std::fs::File, s: &StepStats) -> anyhow::Result<()> {
-    writeln!(log, "{}", serde_json::to_string(s)?).context("cannot append to log.jsonl")
+fn log_line(log: &mut std::fs::File, line: &impl serde::Serialize) -> anyhow::Result<()> {
+    writeln!(log, "{}", serde_json::to_string(line)?).context("cannot append to a log file")
+}
+
+/// One line of `val.jsonl`: the model after `step` scored on the held-out pairs.
+#[derive(serde::Serialize)]
+pub struct Validation {
+    /// Optimiser steps taken.
+    pub step: u64,
+    /// Held-out pairs scored.
+    pub n: usize,
+    /// Images as queries.
+    pub image_to_text: Recall,
+    /// Captions as queries.
+    pub text_to_image: Recall,
+    /// open_clip's `clip_val_loss`, over chunks of `--batch-size` pairs.
+    pub loss: f64,
+}
+
+/// Appends `v` to `val.jsonl` and logs it.
+fn log_validation(val_log: &mut std::fs::File, v: &Validation) -> anyhow::Result<()> {
+    tracing::info!(
+        step = v.step,
+        pairs = v.n,
+        text_to_image_r1 = v.text_to_image.r1,
+        image_to_text_r1 = v.image_to_text.r1,
+        loss = v.loss,
+        "validation"
+    );
+    log_line(val_log, v)
+}
+
+/// Scores the model on `--val-data` (the pairs `wit eval` would take).
+fn validate(
+    args: &Args,
+    trainer: &Trainer,
+    tok: &Arc<TextTokenizer>,
+) -> anyhow::Result<Validation> {
+    let model = trainer.model();
+    let held_out = HeldOut {
+        data: &args.val_data,
+        max_pairs: args.val_max_pairs,
+        batch_size: args.batch_size,
+    };
+    let pairs =
+        embed_pairs(&held_out, model, tok, model.device()).context("cannot score --val-data")?;
+    let r = wit_trainer::retrieval(&pairs.images, &pairs.texts)?;
+    let loss = wit_trainer::validation_loss(
+        &pairs.images,
+        &pairs.texts,
+        model.logit_scale(),
+        args.batch_size,
+    )?;
+    Ok(Validation {
+        step: trainer.step_count(),
+        n: r.n,
+        image_to_text: r.image_to_text,
+        text_to_image: r.text_to_image,
+        loss,
+    })
 }
 
 fn progress(total: u64, done: u64, quiet: bool) -> indicatif::ProgressBar {
@@ -324,8 +411,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     wit_trainer::tune_allocator();
     let device = wit_trainer::parse_device(&args.device)?;
     let (mut trainer, tok, state) = start(&args, &device)?;
-    let mut loader = loader(&args, &trainer, tok, state, &device)?;
-    let mut log = open_log(&args.out, trainer.step_count())?;
+    let tok = Arc::new(tok);
+    let mut loader = loader(&args, &trainer, tok.clone(), state, &device)?;
+    let mut log = open_log(&args.out, LOG_FILE, trainer.step_count())?;
+    let mut val_log = match args.val_data.is_empty() {
+        true => None,
+        false => Some(open_log(&args.out, VAL_FILE, trainer.step_count())?),
+    };
+    // A fresh run scores the model it starts from (with --init, the pretrained one), which also
+    // finds unusable --val-data now rather than after the first --val-every steps.
+    if let (Some(val_log), 0) = (val_log.as_mut(), trainer.step_count()) {
+        log_validation(val_log, &validate(&args, &trainer, &tok)?)?;
+    }
     let steps = trainer.config().steps;
     let bar = progress(steps, trainer.step_count(), args.quiet);
     while trainer.step_count() < steps {
@@ -342,6 +439,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             s.logit_scale.exp(),
             s.samples_per_s
         ));
+        if let Some(val_log) = val_log.as_mut() {
+            if s.step % args.val_every.max(1) == 0 || s.step == steps {
+                let v = validate(&args, &trainer, &tok)?;
+                bar.suspend(|| log_validation(val_log, &v))?;
+            }
+        }
         if s.step % args.save_every.max(1) == 0 || s.step == steps {
             save(&trainer, &loader, &args.out)?;
         }

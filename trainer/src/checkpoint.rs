@@ -1,5 +1,6 @@
 //! Checkpoint files. A checkpoint folder is also the Hugging Face export: `model.safetensors`
-//! (CLIPModel names, f32) + `config.json`; training adds `optimizer.safetensors` and `trainer_state.json`.
+//! (CLIPModel names, f32) + `config.json`; training adds a resume file
+//! (`resume-<step>.safetensors`) and `trainer_state.json`, which names it.
 
 use crate::config::ClipConfig;
 use crate::model::ClipModel;
@@ -15,10 +16,15 @@ use std::path::{Path, PathBuf};
 pub const MODEL_FILE: &str = "model.safetensors";
 /// Hugging Face `config.json` with the open_clip form under `"open_clip"`.
 pub const CONFIG_FILE: &str = "config.json";
-/// AdamW moments plus a `step` scalar that must match the state file.
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-/// Step, training config and the caller's extra state (the loader's position); written last.
+/// Step, training config, the caller's extra state (the loader's position) and the name of the
+/// resume file; written last, it is what makes a save count.
 pub const STATE_FILE: &str = "trainer_state.json";
+/// Start and end of a resume file's name: `resume-00001000.safetensors` holds everything a
+/// resume reads besides the state file — weights, buffers and AdamW moments of one step.
+const RESUME_PREFIX: &str = "resume-";
+const RESUME_SUFFIX: &str = ".safetensors";
+/// Prefix of the model's tensors inside a resume file (the moments are `adam.m.*`/`adam.v.*`).
+const MODEL_PREFIX: &str = "model.";
 
 /// The JSON side of a checkpoint.
 #[derive(Serialize, Deserialize)]
@@ -26,6 +32,8 @@ struct TrainerState {
     step: u64,
     adam_steps: u64,
     train_config: TrainConfig,
+    /// The resume file of this step, in the same folder.
+    resume_file: String,
     extra: serde_json::Value,
 }
 
@@ -74,28 +82,55 @@ pub fn export(model: &ClipModel, dir: &Path) -> Result<(), TrainError> {
     write_atomic(&json, &dir.join(CONFIG_FILE))
 }
 
+/// Writes the export, then the step's resume file, then the state file naming it, each through
+/// a temporary name; then deletes older resume files. A process killed at any point leaves a state
+/// file whose resume file is whole and of its step, so resume restarts from the last save that
+/// finished — never from weights of one step with moments of another. (The export may then be a
+/// step ahead; the resumed run rewrites it.)
 pub(crate) fn save(
     trainer: &Trainer,
     dir: &Path,
     extra: serde_json::Value,
 ) -> Result<(), TrainError> {
     export(trainer.model(), dir)?;
+    let step = trainer.step_count();
+    let resume_file = format!("{RESUME_PREFIX}{step:08}{RESUME_SUFFIX}");
     let mut tensors: HashMap<String, Tensor> =
         trainer.optimizer().state_tensors().into_iter().collect();
-    tensors.insert(
-        "step".into(),
-        Tensor::new(trainer.step_count() as i64, &Device::Cpu)?,
-    );
-    save_atomic(&tensors, &dir.join(OPTIMIZER_FILE))?;
+    for (name, t) in trainer.model().master_tensors() {
+        tensors.insert(format!("{MODEL_PREFIX}{name}"), t.clone());
+    }
+    tensors.insert("step".into(), Tensor::new(step as i64, &Device::Cpu)?);
+    save_atomic(&tensors, &dir.join(&resume_file))?;
     let state = TrainerState {
-        step: trainer.step_count(),
+        step,
         adam_steps: trainer.optimizer().steps(),
         train_config: trainer.config().clone(),
+        resume_file: resume_file.clone(),
         extra,
     };
     let json =
         serde_json::to_vec_pretty(&state).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-    write_atomic(&json, &dir.join(STATE_FILE))
+    write_atomic(&json, &dir.join(STATE_FILE))?;
+    remove_resume_files_except(dir, &resume_file)
+}
+
+/// Deletes the resume files (and their temporaries) of other steps: saves that finished earlier,
+/// or one a killed process wrote but never named.
+fn remove_resume_files_except(dir: &Path, keep: &str) -> Result<(), TrainError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| io_err(dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| io_err(dir, e))?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let stem = name.strip_suffix(".tmp").unwrap_or(name);
+        if stem.starts_with(RESUME_PREFIX) && stem.ends_with(RESUME_SUFFIX) && name != keep {
+            std::fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>, TrainError> {
@@ -160,25 +195,27 @@ pub(crate) fn resume(
     let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
     let state: TrainerState = serde_json::from_str(&text)
         .map_err(|e| TrainError::Checkpoint(format!("{} is malformed: {e}", path.display())))?;
-    let opt = read_tensors(&dir.join(OPTIMIZER_FILE), device)?;
-    let saved_step = opt
-        .get("step")
+    let mut saved = read_tensors(&dir.join(&state.resume_file), device)?;
+    let saved_step = saved
+        .remove("step")
         .map(|t| t.to_scalar::<i64>())
         .transpose()?
         .unwrap_or(-1);
     if saved_step != state.step as i64 {
         return Err(TrainError::Checkpoint(format!(
-            "{} is torn (optimizer at step {saved_step}, state at step {}): a save was interrupted; resume from an older copy or start over",
-            dir.display(),
-            state.step
+            "{} holds step {saved_step} but {STATE_FILE} says {}: the files come from different runs; resume from a folder one run wrote, or start over",
+            state.resume_file, state.step
         )));
     }
+    let weights: HashMap<String, Tensor> = saved
+        .iter()
+        .filter_map(|(k, t)| Some((k.strip_prefix(MODEL_PREFIX)?.to_string(), t.clone())))
+        .collect();
     let cfg = read_config(dir)?;
     let mut trainer = Trainer::new(&cfg, state.train_config, device)?;
-    let weights = read_tensors(&dir.join(MODEL_FILE), device)?;
     let (model, adam, step) = trainer.parts_mut();
     model.load_tensors(&weights)?;
-    adam.load_state(&opt, state.adam_steps)?;
+    adam.load_state(&saved, state.adam_steps)?;
     *step = state.step;
     Ok((trainer, state.extra))
 }

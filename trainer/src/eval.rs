@@ -2,7 +2,7 @@
 //! reports. Ties count against the model (a tie with a wrong candidate ranks the true one lower),
 //! so a collapsed model scores chance, not perfect.
 
-use crate::model::{l2_normalize, ClipModel};
+use crate::model::{clip_loss, l2_normalize, ClipModel};
 use crate::TrainError;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -149,6 +149,28 @@ pub fn zero_shot_accuracy(
     Ok(correct as f64 / truth.len().max(1) as f64)
 }
 
+/// open_clip's `clip_val_loss`: the CLIP loss of each run of `chunk` consecutive pairs (its
+/// validation batches) at the model's `logit_scale`, averaged over pairs. Per chunk, as open_clip
+/// computes it, because the loss of a batch grows with the number of wrong candidates in it;
+/// the same chunk size keeps runs comparable.
+pub fn validation_loss(
+    image_emb: &Tensor,
+    text_emb: &Tensor,
+    logit_scale: &Tensor,
+    chunk: usize,
+) -> Result<f64, TrainError> {
+    let (n, chunk) = (image_emb.dim(0)?, chunk.max(1));
+    let scale = logit_scale.to_dtype(DType::F64)?;
+    let mut total = 0.0;
+    for start in (0..n).step_by(chunk) {
+        let len = chunk.min(n - start);
+        let part = |t: &Tensor| t.narrow(0, start, len)?.to_dtype(DType::F64);
+        let loss = clip_loss(&part(image_emb)?, &part(text_emb)?, None, &scale)?;
+        total += loss.to_scalar::<f64>()? * len as f64;
+    }
+    Ok(total / n.max(1) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +224,53 @@ mod tests {
             misses.len() as f64,
             (1.0 - r.text_to_image.r1) * 3.0,
             "a miss for every query outside R@1"
+        );
+    }
+
+    #[test]
+    fn validation_loss_is_the_pair_weighted_mean_of_each_chunks_clip_loss() {
+        let (im, tx) = (
+            [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.8, 0.0, 0.6]],
+            [[1.0, 0.0, 0.0], [0.0, 0.6, 0.8], [0.0, 0.0, 1.0]],
+        );
+        let (img, txt) = (tensor(&im), tensor(&tx));
+        let scale = Tensor::new(2f32, &Device::Cpu).unwrap();
+        let whole = validation_loss(&img, &txt, &scale, 3).unwrap();
+        // By hand: logits e²·cos; the symmetric cross-entropy averaged over rows and columns.
+        let e2 = 2f64.exp();
+        let dot = |a: [f32; 3], b: [f32; 3]| {
+            (0..3)
+                .map(|k| f64::from(a[k]) * f64::from(b[k]))
+                .sum::<f64>()
+        };
+        let cos: Vec<[f64; 3]> = im
+            .iter()
+            .map(|&a| [dot(a, tx[0]), dot(a, tx[1]), dot(a, tx[2])])
+            .collect();
+        let ce = |scores: [f64; 3], truth: usize| {
+            let lse = scores.iter().map(|s| (s * e2).exp()).sum::<f64>().ln();
+            lse - scores[truth] * e2
+        };
+        let rows: f64 = (0..3).map(|i| ce(cos[i], i)).sum::<f64>() / 3.0;
+        let cols: f64 = (0..3)
+            .map(|j| ce([cos[0][j], cos[1][j], cos[2][j]], j))
+            .sum::<f64>()
+            / 3.0;
+        assert!((whole - (rows + cols) / 2.0).abs() < 1e-9, "{whole}");
+        // One pair per chunk has no wrong candidate: no loss at all.
+        assert!(validation_loss(&img, &txt, &scale, 1).unwrap().abs() < 1e-12);
+        // Chunks of 2 and 1: the first chunk's loss weighted 2, the last pair's 0.
+        let first = validation_loss(
+            &img.narrow(0, 0, 2).unwrap(),
+            &txt.narrow(0, 0, 2).unwrap(),
+            &scale,
+            2,
+        )
+        .unwrap();
+        let split = validation_loss(&img, &txt, &scale, 2).unwrap();
+        assert!(
+            (split - first * 2.0 / 3.0).abs() < 1e-12,
+            "{split} vs {first}"
         );
     }
 

@@ -19,7 +19,9 @@ pub mod train;
 pub use candle_core as candle;
 pub use checkpoint::{export, load_model};
 pub use config::{ClipConfig, PosEmbedInit, TextConfig, VisionConfig, VisionLayers};
-pub use eval::{retrieval, text_to_image_misses, zero_shot_accuracy, Miss, Recall, Retrieval};
+pub use eval::{
+    retrieval, text_to_image_misses, validation_loss, zero_shot_accuracy, Miss, Recall, Retrieval,
+};
 pub use fused::use_cuda_kernels;
 pub use model::{clip_loss, ClipModel};
 pub use optim::{AdamW, AdamWConfig};

@@ -746,12 +746,19 @@ impl ClipModel {
     /// stay i64, as PyTorch's state dict has them, so open_clip loads the file strictly.
     pub fn save_weights(&self, path: &std::path::Path) -> Result<(), TrainError> {
         let tensors = self
-            .vars
-            .iter()
-            .chain(&self.buffers)
-            .map(|(n, v)| Ok((n.clone(), saved_form(v.as_tensor())?)))
+            .master_tensors()
+            .map(|(n, t)| Ok((n.clone(), saved_form(t)?)))
             .collect::<Result<HashMap<_, _>, candle_core::Error>>()?;
         crate::checkpoint::save_atomic(&tensors, path)
+    }
+
+    /// Every weight and buffer by name, in the dtype training keeps it (a resume restores these
+    /// bit for bit; an export converts them with [`saved_form`]).
+    pub(crate) fn master_tensors(&self) -> impl Iterator<Item = (&String, &Tensor)> {
+        self.vars
+            .iter()
+            .chain(&self.buffers)
+            .map(|(n, v)| (n, v.as_tensor()))
     }
 }
 

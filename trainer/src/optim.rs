@@ -32,6 +32,26 @@ impl Default for AdamWConfig {
     }
 }
 
+impl AdamWConfig {
+    /// Refuses settings that make the update NaN or diverge: a β outside `[0, 1)` (β = 1 divides
+    /// by zero in the bias correction), `eps` not above 0, a negative weight decay.
+    pub fn check(&self) -> Result<(), crate::TrainError> {
+        let beta_ok = |b: f64| (0.0..1.0).contains(&b);
+        let problem = if !beta_ok(self.beta1) || !beta_ok(self.beta2) {
+            "AdamW's beta1 and beta2 must be in [0, 1)"
+        } else if !(self.eps > 0.0 && self.eps.is_finite()) {
+            "AdamW's eps must be a positive number"
+        } else if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            "the weight decay must be 0 or more"
+        } else {
+            return Ok(());
+        };
+        Err(crate::TrainError::Config(format!(
+            "{problem} (got {self:?})"
+        )))
+    }
+}
+
 /// One parameter's optimiser slot.
 struct Slot {
     var: Var,
@@ -232,6 +252,21 @@ pub fn grad_norm(grads: &BTreeMap<String, Tensor>) -> CResult<f64> {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn settings_that_break_the_update_are_refused() {
+        assert!(AdamWConfig::default().check().is_ok());
+        let with = |f: fn(&mut AdamWConfig)| {
+            let mut c = AdamWConfig::default();
+            f(&mut c);
+            c.check()
+        };
+        assert!(with(|c| c.beta2 = 1.0).is_err());
+        assert!(with(|c| c.beta1 = -0.1).is_err());
+        assert!(with(|c| c.eps = 0.0).is_err());
+        assert!(with(|c| c.weight_decay = f64::NAN).is_err());
+        assert!(with(|c| c.beta1 = 0.0).is_ok());
+    }
 
     #[test]
     fn schedule_warms_up_linearly_then_follows_the_cosine_to_zero() {

@@ -211,6 +211,7 @@ impl Trainer {
         if cfg.accum == 0 {
             return Err(TrainError::Config("accum must be at least 1".into()));
         }
+        cfg.adamw.check()?;
         let mut model = ClipModel::new(clip, cfg.seed, param_dtype, device)?;
         if device.is_cuda() {
             model.set_compute_dtype(DType::BF16)?;
@@ -389,9 +390,10 @@ impl Trainer {
     }
 
     /// Writes a checkpoint into `dir`: the Hugging Face export (`model.safetensors`, `config.json`),
-    /// the optimiser moments (`optimizer.safetensors`) and `trainer_state.json` carrying the step,
-    /// the training config and `extra` (e.g. the loader's state). The state file is written last, so a
-    /// crash mid-save leaves the previous checkpoint readable or a torn one that `resume` rejects.
+    /// the step's resume file (weights, buffers and optimiser moments together) and
+    /// `trainer_state.json` carrying the step, the training config, `extra` (e.g. the loader's
+    /// state) and the resume file's name. The state file is written last, so a process killed
+    /// mid-save leaves the previous checkpoint whole, and `resume` continues from it.
     pub fn save(&self, dir: &Path, extra: serde_json::Value) -> Result<(), TrainError> {
         checkpoint::save(self, dir, extra)
     }

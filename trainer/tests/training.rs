@@ -362,21 +362,57 @@ fn resume_continues_identically() {
     assert_eq!(snapshot(&a), snapshot(&b));
 }
 
+/// The resume files in `dir`.
+fn resume_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("resume-"))
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
-fn torn_checkpoint_is_rejected() {
+fn a_save_killed_before_its_state_file_resumes_from_the_save_before() {
+    let cfg = TrainConfig {
+        lr: 1e-3,
+        warmup: 1,
+        ..TrainConfig::default()
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(8);
-    let b = batch(&[1, 2, 3], &mut rng, DType::F32);
-    let mut t = trainer(DType::F32, TrainConfig::default());
-    let dir = tempfile::tempdir().unwrap();
-    t.save(dir.path(), serde_json::Value::Null).unwrap();
-    let state = std::fs::read(dir.path().join("trainer_state.json")).unwrap();
-    t.step(std::slice::from_ref(&b)).unwrap();
-    t.save(dir.path(), serde_json::Value::Null).unwrap();
-    std::fs::write(dir.path().join("trainer_state.json"), state).unwrap();
-    let err = Trainer::resume(dir.path(), &Device::Cpu)
-        .err()
-        .expect("a torn checkpoint must not resume");
-    assert!(err.to_string().contains("torn"), "{err}");
+    let batches: Vec<MicroBatch> = (0..3)
+        .map(|i| batch(&[i, i + 4, i + 8], &mut rng, DType::F32))
+        .collect();
+    let (dir, later) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = trainer(DType::F32, cfg);
+    a.step(&batches[..1]).unwrap();
+    a.save(dir.path(), serde_json::json!({"at": 1})).unwrap();
+    a.step(&batches[1..2]).unwrap();
+    a.save(later.path(), serde_json::json!({"at": 2})).unwrap();
+    assert_eq!(resume_files(later.path()), ["resume-00000002.safetensors"]);
+    // The step-2 save into `dir`, killed after everything but its state file: the export and the
+    // new resume file are step 2's, the state file still names step 1's.
+    for name in [
+        "model.safetensors",
+        "config.json",
+        "resume-00000002.safetensors",
+    ] {
+        std::fs::copy(later.path().join(name), dir.path().join(name)).unwrap();
+    }
+    let (mut b, extra) = Trainer::resume(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!((b.step_count(), extra["at"].as_u64()), (1, Some(1)));
+    // From step 1's weights and moments, step 2 again lands where the uninterrupted run did.
+    b.step(&batches[1..2]).unwrap();
+    assert_eq!(snapshot(&a), snapshot(&b));
+    let (loss_a, loss_b) = (
+        a.step(&batches[2..3]).unwrap().loss,
+        b.step(&batches[2..3]).unwrap().loss,
+    );
+    assert_eq!(loss_a, loss_b);
+    // The next save that finishes drops every other resume file, the stray one included.
+    b.save(dir.path(), serde_json::Value::Null).unwrap();
+    assert_eq!(resume_files(dir.path()), ["resume-00000003.safetensors"]);
 }
 
 #[test]
