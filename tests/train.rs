@@ -349,31 +349,41 @@ fn init_starts_from_another_runs_weights_and_tokenizer() {
         String::from_utf8_lossy(&out.stderr)
     );
     same_weights(&first, &from_oc);
-    // LiT: from the first run with the image tower locked, one step moves only the rest.
-    let lit = data.join("lit");
-    let out = train(
-        &[
-            "--steps",
-            "1",
-            "--lr",
-            "1e-3",
-            "--init",
-            first_s,
-            "--lock-image",
-        ],
-        &lit,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (a, b) = (load(&first), load(&lit));
-    for (name, t) in &a {
-        let diff = (t - &b[name]).unwrap().abs().unwrap().max_all().unwrap();
-        let moved = diff.to_scalar::<f32>().unwrap() > 0.0;
-        let image = name.starts_with("vision_model") || name.starts_with("visual_projection");
-        assert_eq!(moved, !image, "{name}");
+    // LiT: from the first run with the image tower locked, one step moves only the rest; with
+    // one group unlocked, the image projection moves too.
+    for unlocked in ["0", "1"] {
+        let lit = data.join(format!("lit-{unlocked}"));
+        let out = train(
+            &[
+                "--steps",
+                "1",
+                "--lr",
+                "1e-3",
+                "--init",
+                first_s,
+                "--lock-image",
+                "--lock-image-unlocked-groups",
+                unlocked,
+            ],
+            &lit,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (a, b) = (load(&first), load(&lit));
+        for (name, t) in &a {
+            let diff = (t - &b[name]).unwrap().abs().unwrap().max_all().unwrap();
+            let moved = diff.to_scalar::<f32>().unwrap() > 0.0;
+            let image = name.starts_with("vision_model") || name.starts_with("visual_projection");
+            let unlocked_here = unlocked == "1" && name == "visual_projection.weight";
+            assert_eq!(
+                moved,
+                !image || unlocked_here,
+                "{name} ({unlocked} unlocked)"
+            );
+        }
     }
     assert_eq!(
         std::fs::read(first.join("tokenizer.json")).unwrap(),

@@ -85,6 +85,19 @@ pub struct Args {
     /// Freeze the text tower (open_clip's `--lock-text`).
     #[arg(long)]
     pub lock_text: bool,
+    /// With `--lock-image`, leave this many of the ViT's last layer groups trainable (open_clip's
+    /// `--lock-image-unlocked-groups`): 1 the projection, 2 also the last block and `ln_post`,
+    /// each more one block further down. Frozen groups run no backward pass.
+    #[arg(long, default_value_t = 0, requires = "lock_image")]
+    pub lock_image_unlocked_groups: usize,
+    /// With `--lock-text`, leave this many of the text tower's last layer groups trainable
+    /// (open_clip's `--lock-text-unlocked-layers`), counted as for the image tower.
+    #[arg(long, default_value_t = 0, requires = "lock_text")]
+    pub lock_text_unlocked_layers: usize,
+    /// With `--lock-image` on a ResNet, BatchNorm keeps its running statistics and uses them
+    /// (open_clip's `--lock-image-freeze-bn-stats`).
+    #[arg(long, requires = "lock_image")]
+    pub lock_image_freeze_bn_stats: bool,
     /// Seed of the weights, shard order, shuffle and crops.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -227,6 +240,9 @@ fn train_config(args: &Args) -> TrainConfig {
         seed: args.seed,
         lock_image: args.lock_image,
         lock_text: args.lock_text,
+        lock_image_unlocked_groups: args.lock_image_unlocked_groups,
+        lock_text_unlocked_layers: args.lock_text_unlocked_layers,
+        lock_image_freeze_bn_stats: args.lock_image_freeze_bn_stats,
     }
 }
 

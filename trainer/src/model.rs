@@ -332,6 +332,34 @@ fn build_blocks(
         .collect()
 }
 
+/// How many leading layer groups of a tower a forward pass keeps out of the graph, in open_clip's
+/// lock groups (forward order): the stem (embeddings; a ViT's `ln_pre` too), each transformer
+/// block but the last, the last block with the final LayerNorm, and the projection — a tower of
+/// `L` blocks has `L + 2`. The activation after the frozen groups is detached, so they get no
+/// gradient and no backward pass. A ResNet tower is one group: all or nothing, as in open_clip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Frozen(pub usize);
+
+impl Frozen {
+    /// The whole tower trains.
+    pub(crate) const NONE: Frozen = Frozen(0);
+
+    /// `x`, the activation after the first `done` groups, cut from its graph when exactly those
+    /// groups are frozen.
+    fn cut(self, x: Tensor, done: usize) -> Tensor {
+        if self.0 == done {
+            x.detach()
+        } else {
+            x
+        }
+    }
+}
+
+/// Layer groups of a transformer tower of `layers` blocks ([`Frozen`]).
+fn transformer_groups(layers: usize) -> usize {
+    layers + 2
+}
+
 /// The ViT image tower: patches → tokens, class token, positions, `ln_pre`, blocks, `ln_post`, projection.
 struct VisionTower {
     patch: Tensor,
@@ -395,7 +423,7 @@ impl VisionTower {
         })
     }
 
-    fn forward(&self, images: &Tensor, dtype: DType) -> CResult<Tensor> {
+    fn forward(&self, images: &Tensor, dtype: DType, frozen: Frozen) -> CResult<Tensor> {
         let (b, _, _, _) = images.dims4()?;
         let (g, p) = (self.grid, self.patch_size);
         let width = self.class.dim(0)?;
@@ -412,13 +440,26 @@ impl VisionTower {
             .reshape((1, 1, width))?
             .broadcast_as((b, 1, width))?;
         let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.pos)?;
-        let mut x = self.ln_pre.forward(&x)?;
-        for block in &self.blocks {
-            x = block.forward(&x, false)?;
-        }
+        let x = frozen.cut(self.ln_pre.forward(&x)?, 1);
+        let x = blocks_forward(&self.blocks, x, false, frozen)?;
         let cls = self.ln_post.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?;
-        self.proj.forward(&cls)
+        let cls = frozen.cut(cls, self.blocks.len() + 1);
+        Ok(frozen.cut(self.proj.forward(&cls)?, self.blocks.len() + 2))
     }
+}
+
+/// Runs `blocks` on `x` (which has passed the stem, group 1), cutting the graph after block `i`
+/// when `frozen` ends there (group `i + 2`; the last block's group also holds the final
+/// LayerNorm, so the caller cuts after that).
+fn blocks_forward(blocks: &[Block], x: Tensor, causal: bool, frozen: Frozen) -> CResult<Tensor> {
+    let mut x = x;
+    for (i, block) in blocks.iter().enumerate() {
+        x = block.forward(&x, causal)?;
+        if i + 1 < blocks.len() {
+            x = frozen.cut(x, i + 2);
+        }
+    }
+    Ok(x)
 }
 
 /// The image tower a config asks for: a ViT, or CLIP's ResNet.
@@ -435,10 +476,24 @@ impl ImageTower {
         })
     }
 
-    fn forward(&self, images: &Tensor, dtype: DType, mode: Mode) -> CResult<Tensor> {
+    fn forward(
+        &self,
+        images: &Tensor,
+        dtype: DType,
+        mode: Mode,
+        frozen: Frozen,
+    ) -> CResult<Tensor> {
         match self {
-            ImageTower::Vit(vit) => vit.forward(images, dtype),
-            ImageTower::ResNet(resnet) => resnet.forward(images, dtype, mode),
+            ImageTower::Vit(vit) => vit.forward(images, dtype, frozen),
+            ImageTower::ResNet(resnet) => Ok(frozen.cut(resnet.forward(images, dtype, mode)?, 1)),
+        }
+    }
+
+    /// Layer groups that can be frozen ([`Frozen`]).
+    fn groups(&self) -> usize {
+        match self {
+            ImageTower::Vit(vit) => transformer_groups(vit.blocks.len()),
+            ImageTower::ResNet(_) => 1,
         }
     }
 }
@@ -502,7 +557,7 @@ impl TextTower {
             .collect()
     }
 
-    fn forward(&self, tokens: &Tensor) -> CResult<Tensor> {
+    fn forward(&self, tokens: &Tensor, frozen: Frozen) -> CResult<Tensor> {
         let (b, len) = tokens.dims2()?;
         let tokens = tokens
             .narrow(1, 0, len.min(self.context))?
@@ -519,10 +574,7 @@ impl TextTower {
             .index_select(&tokens.flatten_all()?, 0)?
             .reshape((b, t, width))?
             .broadcast_add(&self.pos.narrow(0, 0, t)?)?;
-        let mut x = x;
-        for block in &self.blocks {
-            x = block.forward(&x, true)?;
-        }
+        let x = blocks_forward(&self.blocks, frozen.cut(x, 1), true, frozen)?;
         let x = self.ln_final.forward(&x)?;
         let rows: Vec<u32> = ends
             .iter()
@@ -531,7 +583,8 @@ impl TextTower {
             .collect();
         let idx = Tensor::new(rows, device)?;
         let x = x.reshape((b * t, width))?.index_select(&idx, 0)?;
-        self.proj.forward(&x)
+        let x = frozen.cut(x, self.blocks.len() + 1);
+        Ok(frozen.cut(self.proj.forward(&x)?, self.blocks.len() + 2))
     }
 }
 
@@ -677,42 +730,78 @@ impl ClipModel {
     /// Unnormalised image features `(B, embed_dim)` in the master dtype, for inference (a
     /// ResNet's BatchNorm uses its running statistics). Input `(B, 3, H, W)`.
     pub fn image_features(&self, images: &Tensor) -> Result<Tensor, TrainError> {
-        self.image_features_in(images, Mode::Eval)
+        self.image_features_in(images, Mode::Eval, Frozen::NONE)
     }
 
-    /// `image_features` in the given BatchNorm mode (training uses the batch's statistics).
-    pub(crate) fn image_features_in(
+    /// `image_features` in the given BatchNorm mode (training uses the batch's statistics),
+    /// with the `frozen` leading groups out of the graph.
+    fn image_features_in(
         &self,
         images: &Tensor,
         mode: Mode,
+        frozen: Frozen,
     ) -> Result<Tensor, TrainError> {
-        let x = self.vision.forward(images, self.compute_dtype, mode)?;
+        let x = self
+            .vision
+            .forward(images, self.compute_dtype, mode, frozen)?;
         Ok(cast(&x, self.param_dtype())?)
     }
 
     /// Unnormalised text features `(B, embed_dim)` in the master dtype. Input `(B, L)` token ids.
     pub fn text_features(&self, tokens: &Tensor) -> Result<Tensor, TrainError> {
-        let x = self.text.forward(tokens)?;
+        self.text_features_in(tokens, Frozen::NONE)
+    }
+
+    fn text_features_in(&self, tokens: &Tensor, frozen: Frozen) -> Result<Tensor, TrainError> {
+        let x = self.text.forward(tokens, frozen)?;
         Ok(cast(&x, self.param_dtype())?)
     }
 
     /// L2-normalised image embeddings `(B, embed_dim)`: what retrieval and the loss compare.
     pub fn encode_image(&self, images: &Tensor) -> Result<Tensor, TrainError> {
-        self.encode_image_in(images, Mode::Eval)
+        self.encode_image_in(images, Mode::Eval, Frozen::NONE)
     }
 
-    /// `encode_image` in the given BatchNorm mode (training uses the batch's statistics).
+    /// `encode_image` in the given BatchNorm mode (training uses the batch's statistics), with
+    /// the `frozen` leading groups out of the graph.
     pub(crate) fn encode_image_in(
         &self,
         images: &Tensor,
         mode: Mode,
+        frozen: Frozen,
     ) -> Result<Tensor, TrainError> {
-        Ok(l2_normalize(&self.image_features_in(images, mode)?)?)
+        Ok(l2_normalize(
+            &self.image_features_in(images, mode, frozen)?,
+        )?)
     }
 
     /// L2-normalised text embeddings `(B, embed_dim)`.
     pub fn encode_text(&self, tokens: &Tensor) -> Result<Tensor, TrainError> {
-        Ok(l2_normalize(&self.text_features(tokens)?)?)
+        self.encode_text_in(tokens, Frozen::NONE)
+    }
+
+    /// `encode_text` with the `frozen` leading groups out of the graph.
+    pub(crate) fn encode_text_in(
+        &self,
+        tokens: &Tensor,
+        frozen: Frozen,
+    ) -> Result<Tensor, TrainError> {
+        Ok(l2_normalize(&self.text_features_in(tokens, frozen)?)?)
+    }
+
+    /// Layer groups of the image tower ([`Frozen`]): blocks + 2 for a ViT, 1 for a ResNet.
+    pub(crate) fn image_groups(&self) -> usize {
+        self.vision.groups()
+    }
+
+    /// Layer groups of the text tower: blocks + 2.
+    pub(crate) fn text_groups(&self) -> usize {
+        transformer_groups(self.text.blocks.len())
+    }
+
+    /// Whether the image tower is a ResNet.
+    pub(crate) fn is_resnet(&self) -> bool {
+        matches!(self.vision, ImageTower::ResNet(_))
     }
 
     /// The learnable log temperature (rank 0).

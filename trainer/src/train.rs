@@ -3,7 +3,7 @@
 
 use crate::checkpoint;
 use crate::config::ClipConfig;
-use crate::model::{clip_loss, l2_normalize, ClipModel, LOGIT_SCALE, LOGIT_SCALE_MAX};
+use crate::model::{clip_loss, l2_normalize, ClipModel, Frozen, LOGIT_SCALE, LOGIT_SCALE_MAX};
 use crate::optim::{clip_coefficient, cosine_lr, grad_norm, AdamW, AdamWConfig};
 use crate::resnet::Mode;
 use crate::TrainError;
@@ -38,6 +38,65 @@ pub struct TrainConfig {
     /// Freeze the text tower (open_clip's `--lock-text`), likewise.
     #[serde(default)]
     pub lock_text: bool,
+    /// With `lock_image`: how many of the ViT's last layer groups still train (open_clip's
+    /// `--lock-image-unlocked-groups`: 1 = the projection, 2 = also the last block and
+    /// `ln_post`, each more one block further down). 0 locks the whole tower.
+    #[serde(default)]
+    pub lock_image_unlocked_groups: usize,
+    /// With `lock_text`: how many of the text tower's last layer groups still train (open_clip's
+    /// `--lock-text-unlocked-layers`), counted as for the image tower.
+    #[serde(default)]
+    pub lock_text_unlocked_layers: usize,
+    /// With `lock_image` on a ResNet: BatchNorm uses and keeps its running statistics
+    /// (open_clip's `--lock-image-freeze-bn-stats`), so the frozen tower computes what it
+    /// computes at inference.
+    #[serde(default)]
+    pub lock_image_freeze_bn_stats: bool,
+}
+
+impl TrainConfig {
+    /// The image tower's leading groups that get no gradient.
+    fn frozen_image(&self, m: &ClipModel) -> Frozen {
+        frozen(
+            self.lock_image,
+            self.lock_image_unlocked_groups,
+            m.image_groups(),
+        )
+    }
+
+    /// The text tower's leading groups that get no gradient.
+    fn frozen_text(&self, m: &ClipModel) -> Frozen {
+        frozen(
+            self.lock_text,
+            self.lock_text_unlocked_layers,
+            m.text_groups(),
+        )
+    }
+
+    /// Refuses lock settings open_clip refuses or ignores, instead of training something else.
+    fn check_locks(&self, m: &ClipModel) -> Result<(), TrainError> {
+        let problem = if self.lock_image_unlocked_groups > 0 && !self.lock_image {
+            "unlocked image groups need lock_image (--lock-image)"
+        } else if self.lock_text_unlocked_layers > 0 && !self.lock_text {
+            "unlocked text layers need lock_text (--lock-text)"
+        } else if self.lock_image_unlocked_groups > 0 && m.is_resnet() {
+            "a ResNet image tower locks whole (open_clip has no partial lock for it either)"
+        } else if self.lock_image_freeze_bn_stats && !(self.lock_image && m.is_resnet()) {
+            "freezing BatchNorm statistics needs lock_image and a ResNet image tower"
+        } else {
+            return Ok(());
+        };
+        Err(TrainError::Config(problem.into()))
+    }
+}
+
+/// The leading groups of a tower of `groups` that stay out of the graph: all but the last
+/// `unlocked` when the tower is locked, none otherwise.
+fn frozen(locked: bool, unlocked: usize, groups: usize) -> Frozen {
+    Frozen(match locked {
+        true => groups.saturating_sub(unlocked),
+        false => 0,
+    })
 }
 
 impl Default for TrainConfig {
@@ -52,6 +111,9 @@ impl Default for TrainConfig {
             seed: 0,
             lock_image: false,
             lock_text: false,
+            lock_image_unlocked_groups: 0,
+            lock_text_unlocked_layers: 0,
+            lock_image_freeze_bn_stats: false,
         }
     }
 }
@@ -78,8 +140,9 @@ struct Features {
 impl Features {
     /// Encodes `b` in training mode; captions and negatives go through the text tower in one
     /// pass. `update_stats`: fold the batch's statistics into BatchNorm's running ones. A locked
-    /// tower's features come without a graph, and are taken from `cached` (this micro-batch's
-    /// first-pass features) when given: recomputing them would give the same numbers.
+    /// tower's frozen groups run without a graph; a wholly frozen tower's features are taken
+    /// from `cached` (this micro-batch's first-pass features) when given: recomputing them would
+    /// give the same numbers.
     fn of(
         m: &ClipModel,
         b: &MicroBatch,
@@ -87,16 +150,20 @@ impl Features {
         cfg: &TrainConfig,
         cached: Option<&Features>,
     ) -> Result<Features, TrainError> {
+        let (frozen_image, frozen_text) = (cfg.frozen_image(m), cfg.frozen_text(m));
         let image = match cached {
-            Some(c) if cfg.lock_image => c.image.clone(),
+            Some(c) if frozen_image.0 == m.image_groups() => c.image.clone(),
             _ => {
-                let image = m.encode_image_in(&b.images, Mode::Train { update_stats })?;
-                detached_if(cfg.lock_image, image)
+                let mode = match cfg.lock_image_freeze_bn_stats {
+                    true => Mode::Eval,
+                    false => Mode::Train { update_stats },
+                };
+                m.encode_image_in(&b.images, mode, frozen_image)?
             }
         };
         let (text, negatives) = match cached {
-            Some(c) if cfg.lock_text => (c.text.clone(), c.negatives.clone()),
-            _ => Self::texts(m, b, cfg.lock_text)?,
+            Some(c) if frozen_text.0 == m.text_groups() => (c.text.clone(), c.negatives.clone()),
+            _ => Self::texts(m, b, frozen_text)?,
         };
         Ok(Features {
             image,
@@ -105,18 +172,17 @@ impl Features {
         })
     }
 
-    /// Caption and hard-negative features of `b`, without a graph when the text tower is locked.
+    /// Caption and hard-negative features of `b`, the `frozen` groups without a graph.
     fn texts(
         m: &ClipModel,
         b: &MicroBatch,
-        locked: bool,
+        frozen: Frozen,
     ) -> Result<(Tensor, Option<Tensor>), TrainError> {
         let Some(neg) = &b.negatives else {
-            return Ok((detached_if(locked, m.encode_text(&b.tokens)?), None));
+            return Ok((m.encode_text_in(&b.tokens, frozen)?, None));
         };
         let n = b.tokens.dim(0)?;
-        let all = m.encode_text(&Tensor::cat(&[&b.tokens, neg], 0)?)?;
-        let all = detached_if(locked, all);
+        let all = m.encode_text_in(&Tensor::cat(&[&b.tokens, neg], 0)?, frozen)?;
         let extra = all.dim(0)? - n;
         Ok((all.narrow(0, 0, n)?, Some(all.narrow(0, n, extra)?)))
     }
@@ -127,15 +193,6 @@ impl Features {
             text: self.text.detach(),
             negatives: self.negatives.as_ref().map(Tensor::detach),
         }
-    }
-}
-
-/// `t` without its graph when `locked` (a frozen tower's output).
-fn detached_if(locked: bool, t: Tensor) -> Tensor {
-    if locked {
-        t.detach()
-    } else {
-        t
     }
 }
 
@@ -213,6 +270,7 @@ impl Trainer {
         }
         cfg.adamw.check()?;
         let mut model = ClipModel::new(clip, cfg.seed, param_dtype, device)?;
+        cfg.check_locks(&model)?;
         if device.is_cuda() {
             model.set_compute_dtype(DType::BF16)?;
         }

@@ -391,3 +391,37 @@ fn a_small_resnet_clip_learns_retrieval_far_above_chance() {
         "{r:?}"
     );
 }
+
+#[test]
+fn a_locked_resnet_keeps_its_running_statistics_only_when_asked() {
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let b = rn_batch(&[2, 9, 17, 30], &mut rng, DType::F32);
+    for freeze in [false, true] {
+        let mut t = trainer(
+            DType::F32,
+            TrainConfig {
+                lock_image: true,
+                lock_image_freeze_bn_stats: freeze,
+                ..fast()
+            },
+        );
+        let before = snapshot(t.model());
+        let stepped = t.step(std::slice::from_ref(&b)).unwrap();
+        assert!(stepped.loss.is_finite());
+        let after = snapshot(t.model());
+        for name in t.model().buffers().keys() {
+            assert_eq!(
+                before[name] == after[name],
+                freeze,
+                "{name} (freeze {freeze})"
+            );
+        }
+    }
+    // open_clip cannot partly lock a ResNet either.
+    let partial = TrainConfig {
+        lock_image: true,
+        lock_image_unlocked_groups: 1,
+        ..fast()
+    };
+    assert!(Trainer::new(&micro_resnet(), partial, &Device::Cpu).is_err());
+}

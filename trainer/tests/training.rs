@@ -644,3 +644,94 @@ fn a_locked_tower_gets_no_gradient_and_stays_while_the_other_learns() {
         );
     }
 }
+
+/// open_clip's lock group of a parameter of the micro model (two blocks per tower), in forward
+/// order: 1 the stem, 2 block 0, 3 block 1 with the final LayerNorm, 4 the projection. `None`
+/// for `logit_scale`, which belongs to no tower.
+fn lock_group(name: &str) -> Option<(&'static str, usize)> {
+    let tower = match name {
+        n if n.starts_with("vision_model") || n.starts_with("visual_projection") => "image",
+        n if n.starts_with("text_model") || n.starts_with("text_projection") => "text",
+        _ => return None,
+    };
+    let group = match name {
+        n if n.contains("embeddings") || n.contains("pre_layrnorm") => 1,
+        n if n.contains("encoder.layers.0.") => 2,
+        n if n.contains("encoder.layers.1.") || n.contains("post_layernorm") => 3,
+        n if n.contains("final_layer_norm") => 3,
+        n if n.ends_with("projection.weight") => 4,
+        n => panic!("{n} has no lock group"),
+    };
+    Some((tower, group))
+}
+
+#[test]
+fn a_partly_unlocked_tower_trains_exactly_its_last_groups() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let b = batch(&[1, 7, 20, 33, 41, 50], &mut rng, DType::F32);
+    for (tower, unlocked) in [
+        ("image", 1),
+        ("image", 2),
+        ("image", 3),
+        ("text", 1),
+        ("text", 3),
+    ] {
+        let cfg = TrainConfig {
+            lock_image: tower == "image",
+            lock_text: tower == "text",
+            lock_image_unlocked_groups: if tower == "image" { unlocked } else { 0 },
+            lock_text_unlocked_layers: if tower == "text" { unlocked } else { 0 },
+            ..TrainConfig::default()
+        };
+        let t = trainer(DType::F32, cfg);
+        let g = t.gradients(std::slice::from_ref(&b)).unwrap();
+        for name in t.model().vars().keys() {
+            let trains = match lock_group(name) {
+                Some((t, group)) if t == tower => group > 4 - unlocked,
+                _ => true,
+            };
+            let grad = g
+                .grads
+                .get(name)
+                .map(|g| g.abs().unwrap().max_all().unwrap());
+            let nonzero = grad.is_some_and(|m| m.to_scalar::<f32>().unwrap() > 0.0);
+            assert_eq!(
+                nonzero, trains,
+                "{name}: {tower} tower, {unlocked} groups unlocked"
+            );
+        }
+    }
+    // Unlocking every group (or more) trains the whole tower, as if it were not locked.
+    let all = TrainConfig {
+        lock_image: true,
+        lock_image_unlocked_groups: 9,
+        ..TrainConfig::default()
+    };
+    let t = trainer(DType::F32, all);
+    let g = t.gradients(std::slice::from_ref(&b)).unwrap();
+    assert_eq!(g.grads.len(), t.model().vars().len());
+}
+
+#[test]
+fn lock_settings_open_clip_would_not_take_are_refused() {
+    for cfg in [
+        TrainConfig {
+            lock_image_unlocked_groups: 1,
+            ..TrainConfig::default()
+        },
+        TrainConfig {
+            lock_text_unlocked_layers: 1,
+            ..TrainConfig::default()
+        },
+        TrainConfig {
+            lock_image: true,
+            lock_image_freeze_bn_stats: true,
+            ..TrainConfig::default()
+        },
+    ] {
+        let err = Trainer::new(&micro_config(), cfg.clone(), &Device::Cpu)
+            .err()
+            .unwrap_or_else(|| panic!("accepted {cfg:?}"));
+        assert!(err.to_string().contains("lock"), "{err}");
+    }
+}
