@@ -94,6 +94,35 @@ fn export_round_trips_through_files() {
 }
 
 #[test]
+fn a_half_precision_checkpoint_loads_as_its_values_in_f32() {
+    // Many Hub checkpoints store f16 (or bf16) weights; loading widens them exactly.
+    let cfg = ClipConfig::named("tiny").unwrap();
+    let m = ClipModel::new(&cfg, 8, DType::F32, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    wit_trainer::export(&m, dir.path()).unwrap();
+    for half in [DType::F16, DType::BF16] {
+        let tensors: std::collections::HashMap<String, Tensor> = m
+            .vars()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().to_dtype(half).unwrap()))
+            .collect();
+        candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+        let back = wit_trainer::load_model(dir.path(), &Device::Cpu).unwrap();
+        for (name, t) in &tensors {
+            let loaded = back.vars()[name].as_tensor();
+            assert_eq!(loaded.dtype(), DType::F32, "{name}");
+            let want = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+            let got = loaded.flatten_all().unwrap();
+            assert_eq!(
+                got.to_vec1::<f32>().unwrap(),
+                want.to_vec1::<f32>().unwrap(),
+                "{name} ({half:?})"
+            );
+        }
+    }
+}
+
+#[test]
 fn open_clip_model_json_reads_unchanged() {
     // open_clip's src/open_clip/model_configs/ViT-B-32.json.
     let text = r#"{"embed_dim": 512, "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 32},
