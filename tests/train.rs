@@ -226,7 +226,16 @@ fn a_resnet_image_tower_trains_and_evaluates_through_the_cli() {
     write_shard(data, "eval-0", 12, 4, false);
     let out = data.join("run");
     let shard = data.join("train-0.tar");
-    let flags = ["--config", "tiny-rn", "--steps", "2"];
+    // Also with open_clip's data flags: shards drawn with replacement, epochs of 16 samples.
+    let flags = [
+        "--config",
+        "tiny-rn",
+        "--steps",
+        "2",
+        "--dataset-resampled",
+        "--train-num-samples",
+        "16",
+    ];
     wit_ok(&train_args(&shard, &out, &flags));
     let shapes = safetensors_shapes(&out.join("model.safetensors"));
     // open_clip's ModifiedResNet names, running statistics included; the text tower keeps HF's.
@@ -513,4 +522,9 @@ fn a_killed_run_resumes_to_the_uninterrupted_runs_weights_log_and_validations() 
     };
     assert_eq!(losses(&killed), losses(&whole));
     assert_eq!(json_lines(&killed, "val.jsonl"), vals);
+    // Drawing shards with replacement is another order: a resume that asks for it is refused.
+    resume.push("--dataset-resampled");
+    let out = wit(&train_args(&shard, &killed, &resume));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("resampling"), "{err}");
 }

@@ -30,7 +30,7 @@ pub enum LoaderError {
         reason: String,
     },
     /// A saved [`crate::LoaderState`] does not belong to this configuration.
-    #[error("loader state does not match this configuration: {0} (resume with the same seed, batch size, rank, world size and shards)")]
+    #[error("loader state does not match this configuration: {0} (resume with the same seed, batch size, rank, world size, shards, resampling and epoch length)")]
     StateMismatch(String),
     /// Every sample of a whole pass over the data failed to decode.
     #[error("no decodable samples: {skipped} samples in a row were corrupt or lacked an image/caption (check the shards with `wit stats --deep`)")]

@@ -140,6 +140,12 @@ pub struct LoaderState {
     pub batch_size: usize,
     /// Checked on resume: the number of shards resolved.
     pub shards: usize,
+    /// Checked on resume: drawing shards with replacement gives another order.
+    #[serde(default)]
+    pub resample: bool,
+    /// Checked on resume: the epoch length, when fixed.
+    #[serde(default)]
+    pub epoch_samples: Option<u64>,
 }
 
 /// One batch. Images are `(B, 3, H, W)` f32 (normalised) or u8; tokens `(B, 77)` u32.
@@ -193,6 +199,8 @@ impl Loader {
             world_size: cfg.world_size,
             batch_size: cfg.batch_size,
             shards: entries.len(),
+            resample: cfg.resample,
+            epoch_samples: cfg.epoch_samples,
         };
         let loader = Loader {
             urls: Arc::new(entries.into_iter().map(|e| e.url).collect()),
@@ -225,6 +233,8 @@ impl Loader {
             ("world_size", state.world_size == mine.world_size),
             ("batch_size", state.batch_size == mine.batch_size),
             ("shard count", state.shards == mine.shards),
+            ("resampling", state.resample == mine.resample),
+            ("epoch length", state.epoch_samples == mine.epoch_samples),
         ];
         if let Some((what, _)) = checks.iter().find(|(_, ok)| !ok) {
             return Err(LoaderError::StateMismatch(format!("{what} differs")));

@@ -70,7 +70,22 @@ fn same_seed_same_batches_whatever_the_thread_count() {
 fn resumed_loader_yields_exactly_the_remaining_batches() {
     let dir = tempfile::tempdir().unwrap();
     let paths = shards(dir.path());
-    let cfg = || config(paths.clone(), 3);
+    for resampled in [false, true] {
+        let cfg = || {
+            let mut c = config(paths.clone(), 3);
+            if resampled {
+                c.resample = true;
+                c.epoch_samples = Some(20);
+            }
+            c
+        };
+        resumes_exactly(cfg);
+    }
+}
+
+/// Resumes loaders of `cfg` from states saved at several points of two epochs and checks each
+/// yields the batches an uninterrupted loader does.
+fn resumes_exactly(cfg: impl Fn() -> LoaderConfig) {
     let mut full = Loader::new(cfg()).unwrap();
     let per_epoch = full.batches_per_epoch() as usize;
     let mut reference = epoch(&mut full);
@@ -102,11 +117,21 @@ fn resume_refuses_a_state_from_another_configuration() {
     let paths = shards(dir.path());
     let mut l = Loader::new(config(paths.clone(), 3)).unwrap();
     l.next_batch().unwrap();
-    let state = l.state();
-    let err = Loader::resume(config(paths, 4), state)
+    let err = Loader::resume(config(paths.clone(), 4), l.state())
         .err()
         .expect("mismatch");
     assert!(err.to_string().contains("batch_size"), "{err}");
+    // Resampling and a fixed epoch length change the order too.
+    let mut resampled = config(paths.clone(), 3);
+    resampled.resample = true;
+    let err = Loader::resume(resampled, l.state())
+        .err()
+        .expect("mismatch");
+    assert!(err.to_string().contains("resampling"), "{err}");
+    let mut fixed = config(paths, 3);
+    fixed.epoch_samples = Some(20);
+    let err = Loader::resume(fixed, l.state()).err().expect("mismatch");
+    assert!(err.to_string().contains("epoch length"), "{err}");
 }
 
 fn rank_counts(paths: &[String], world: usize, resample: bool) -> Vec<Vec<usize>> {

@@ -98,6 +98,15 @@ pub struct Args {
     /// (open_clip's `--lock-image-freeze-bn-stats`).
     #[arg(long, requires = "lock_image")]
     pub lock_image_freeze_bn_stats: bool,
+    /// Draw shards with replacement (open_clip's `--dataset-resampled`, webdataset's
+    /// `ResampledShards`): no epoch boundary where every sample was seen once, but no ordering
+    /// bias from a long shard list either.
+    #[arg(long)]
+    pub dataset_resampled: bool,
+    /// Samples per epoch (open_clip's `--train-num-samples`); by default the shards' total.
+    /// Epochs only set when the shard order is reshuffled: the run lasts `--steps`.
+    #[arg(long, value_name = "N")]
+    pub train_num_samples: Option<u64>,
     /// Seed of the weights, shard order, shuffle and crops.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -139,7 +148,8 @@ pub struct Args {
     #[arg(long)]
     pub out: PathBuf,
     /// Continue from the checkpoint in `--out` exactly where it stopped: its model and training
-    /// settings win over the flags; pass the same --data, --batch-size and --seed as the first run.
+    /// settings win over the flags; pass the same --data, --batch-size, --dataset-resampled and
+    /// --train-num-samples as the first run (the loader checks them).
     #[arg(long)]
     pub resume: bool,
     /// No progress bar (log lines only).
@@ -294,6 +304,8 @@ fn loader(
     cfg.image_size = trainer.model().config().vision_cfg.image_size as u32;
     cfg.crop = args.crop;
     cfg.seed = trainer.config().seed;
+    cfg.resample = args.dataset_resampled;
+    cfg.epoch_samples = args.train_num_samples;
     cfg.device = device.clone();
     cfg.hard_negatives = args.hard_negatives.clone().map(|field| HardNegatives {
         field,
