@@ -32,7 +32,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Freeze the image tower (open_clip's `--lock-image`; LiT when starting from pretrained
     /// weights): its features enter the loss without a graph, so it gets no gradient, no update
-    /// and no backward pass. A ResNet's BatchNorm still tracks statistics, as in open_clip.
+    /// and no backward pass. A ResNet's BatchNorm still tracks statistics, as in open_clip,
+    /// unless `lock_image_freeze_bn_stats`.
     #[serde(default)]
     pub lock_image: bool,
     /// Freeze the text tower (open_clip's `--lock-text`), likewise.
