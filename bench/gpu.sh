@@ -7,9 +7,9 @@
 # driver and Python with torch + open_clip (`pip install open_clip_torch`). For ViT-B/32 at
 # batch 256 on synthetic pairs, bf16 autocast over f32 master weights for both, it alternates wit,
 # wit with its CUDA kernels off (`--no-cuda-kernels`: candle's plain-op graphs) and open_clip
-# ROUNDS times (default 2), then RN50 at batch 64 once each. It reports samples/s and peak GPU
-# memory: nvidia-smi's device-wide maximum above the idle reading, polled every 100 ms, so both
-# tools are measured the same way. With DEMO_DIR (a finished `wit demo --dir DEMO_DIR`), it also
+# ROUNDS times (default 2), then RN50 at batch 64 once each (each capped at RN_LIMIT seconds,
+# default 180). It reports samples/s and peak GPU memory: nvidia-smi's device-wide maximum above
+# the idle reading, polled every 100 ms, so both tools are measured the same way. With DEMO_DIR (a finished `wit demo --dir DEMO_DIR`), it also
 # trains the demo's tiny CLIP on CUDA with the demo's recipe for 500, 2000 and 4000 steps and
 # evaluates each on the held-out pairs.
 # Everything goes to OUT_DIR/gpu.log; the evaluations go to OUT_DIR/eval-<steps>.json.
@@ -62,13 +62,14 @@ for round in $(seq "${ROUNDS:-2}"); do
     --caption-tokens 16 --steps 30 --warmup-steps 3
 done
 
-# The ResNet tower once each, capped at 3 minutes: on CUDA wit's im2col, BatchNorm, pooling and
-# residual join are plain-op graphs (the fused ops are CPU-only), so this measures that fallback.
+# The ResNet tower once each, capped at RN_LIMIT seconds (default 180): on CUDA wit's im2col,
+# BatchNorm, pooling and residual join are plain-op graphs (the fused ops are CPU-only), so this
+# measures that fallback.
 echo "== wit, RN50, batch 64"
-with_peak timeout 180 "$WIT" bench train --config rn50 --device cuda --batch-size 64 \
+with_peak timeout "${RN_LIMIT:-180}" "$WIT" bench train --config rn50 --device cuda --batch-size 64 \
   --vocab-size 49408 --caption-tokens 16 --steps 10 --warmup-steps 2
 echo "== open_clip, RN50, batch 64"
-with_peak timeout 180 "$PY" "$HERE/open_clip_step.py" --model RN50 --batch-size 64 \
+with_peak timeout "${RN_LIMIT:-180}" "$PY" "$HERE/open_clip_step.py" --model RN50 --batch-size 64 \
   --caption-tokens 16 --steps 10 --warmup-steps 2
 
 [ -n "$DEMO" ] || exit 0

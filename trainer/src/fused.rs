@@ -17,12 +17,76 @@ use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout,
     Result, Shape, Tensor, D,
 };
+use multiversion::multiversion;
 use num_traits::Float;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Elements per parallel task: large enough that scheduling costs nothing next to the work.
 const TASK_ELEMS: usize = 1 << 14;
+
+// The row loops below that carry `#[multiversion]` are compiled three times, for AVX-512, for AVX2
+// with FMA and for the build's baseline (SSE2 on x86-64), and each call runs the widest one the
+// CPU has: they go 16 or 8 floats wide where a portable build goes 4. Their reductions keep
+// `LANES` partial sums, without which they would not vectorise at all.
+
+/// Partial sums a reduction keeps: one running sum is a chain of dependent adds the compiler may
+/// not reorder, so it stays scalar; 16 independent ones fill an AVX-512 register.
+const LANES: usize = 16;
+
+/// `Σ f(a_i, b_i, c_i)` over three equally long slices, in `LANES` interleaved partial sums.
+#[inline(always)]
+fn sum_by3<T: Real>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T) -> T {
+    let mut lanes = [T::zero(); LANES];
+    let (ca, cb, cc) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        c.chunks_exact(LANES),
+    );
+    let tail = (ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .zip(cc.remainder()))
+    .fold(T::zero(), |acc, ((&a, &b), &c)| acc + f(a, b, c));
+    for ((a, b), c) in ca.zip(cb).zip(cc) {
+        for (((lane, &a), &b), &c) in lanes.iter_mut().zip(a).zip(b).zip(c) {
+            *lane += f(a, b, c);
+        }
+    }
+    lanes.iter().fold(tail, |acc, &l| acc + l)
+}
+
+/// `Σ f(a_i, b_i)`, as `sum_by3`.
+#[inline(always)]
+fn sum_by2<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
+    sum_by3(a, b, b, |a, b, _| f(a, b))
+}
+
+/// `Σ f(x_i)`, as `sum_by3`.
+#[inline(always)]
+fn sum_by<T: Real>(x: &[T], f: impl Fn(T) -> T) -> T {
+    sum_by3(x, x, x, |x, _, _| f(x))
+}
+
+/// The largest element (`-∞` for none), in `LANES` interleaved partial maxima.
+#[inline(always)]
+fn max_of<T: Real>(x: &[T]) -> T {
+    let mut lanes = [T::neg_infinity(); LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(T::neg_infinity(), Float::max);
+    for c in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(c) {
+            *lane = if v > *lane { v } else { *lane };
+        }
+    }
+    lanes.iter().copied().fold(tail, Float::max)
+}
 
 /// The float types the kernels run in: f32 for training, f64 for the reference tests.
 trait Real:
@@ -42,9 +106,14 @@ impl Real for f32 {
     /// per element, which keeps the loops scalar.
     #[inline(always)]
     fn exp_fast(x: f32) -> f32 {
+        const MAGIC: f32 = 12_582_912.0;
         let x = x.clamp(-87.0, 88.0);
-        // Round to nearest by the 1.5·2²³ trick: SSE2 has no vector `round`.
-        let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+        // Round to nearest by the 1.5·2²³ trick (SSE2 has no vector `round`); the rounded `n`
+        // then sits in the low mantissa bits, read as an integer without a (scalar, saturating)
+        // float-to-int cast.
+        let shifted = x * std::f32::consts::LOG2_E + MAGIC;
+        let n = shifted - MAGIC;
+        let n_bits = shifted.to_bits().wrapping_sub(MAGIC.to_bits());
         let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
         let p = 1.987_569_1e-4_f32;
         let p = p * r + 1.398_199_9e-3;
@@ -53,7 +122,7 @@ impl Real for f32 {
         let p = p * r + 0.166_666_65;
         let p = p * r + 0.5;
         let er = p * r * r + r + 1.0;
-        er * f32::from_bits(((n as i32 + 127) as u32) << 23)
+        er * f32::from_bits(n_bits.wrapping_add(127) << 23)
     }
 
     /// Abramowitz & Stegun 7.1.26 for `erfc(|x|/√2)` (absolute error below 1.5e-7), which keeps
@@ -155,30 +224,46 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 struct Gelu;
 
 fn gelu_fwd<T: Real>(x: &[T]) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(TASK_ELEMS)
+    let mut y = Vec::with_capacity(x.len());
+    y.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(TASK_ELEMS)
         .zip(x.par_chunks(TASK_ELEMS))
-        .for_each(|(y, x)| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = x * T::cdf_and_gauss(x).0;
-            }
-        });
+        .for_each(|(y, x)| gelu_fwd_chunk(y, x));
+    // SAFETY: the chunks of `y` and `x` pair up with equal lengths, and `gelu_fwd_chunk` writes
+    // every element of each, so all `x.len()` elements are initialised.
+    unsafe { y.set_len(x.len()) };
     y
+}
+
+/// One task's GELU, written into uninitialised memory: zeroing the widest activation first would
+/// be one more pass over it, forward and backward.
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn gelu_fwd_chunk<T: Real>(y: &mut [MaybeUninit<T>], x: &[T]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        y.write(x * T::cdf_and_gauss(x).0);
+    }
 }
 
 /// `dx = dy (Φ(x) + x φ(x))`.
 fn gelu_bwd<T: Real>(x: &[T], dy: &[T]) -> Vec<T> {
-    let inv_sqrt_2pi = T::from(0.398_942_280_401_432_7).unwrap();
-    let mut dx = vec![T::zero(); x.len()];
-    dx.par_chunks_mut(TASK_ELEMS)
+    assert_eq!(x.len(), dy.len());
+    let mut dx = Vec::with_capacity(x.len());
+    dx.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(TASK_ELEMS)
         .zip(x.par_chunks(TASK_ELEMS).zip(dy.par_chunks(TASK_ELEMS)))
-        .for_each(|(dx, (x, dy))| {
-            for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                let (cdf, gauss) = T::cdf_and_gauss(x);
-                *dx = dy * (cdf + x * inv_sqrt_2pi * gauss);
-            }
-        });
+        .for_each(|(dx, (x, dy))| gelu_bwd_chunk(dx, x, dy));
+    // SAFETY: as in `gelu_fwd`, with `dy` as long as `x` (asserted).
+    unsafe { dx.set_len(x.len()) };
     dx
+}
+
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn gelu_bwd_chunk<T: Real>(dx: &mut [MaybeUninit<T>], x: &[T], dy: &[T]) {
+    let inv_sqrt_2pi = T::from(0.398_942_280_401_432_7).unwrap();
+    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+        let (cdf, gauss) = T::cdf_and_gauss(x);
+        dx.write(dy * (cdf + x * inv_sqrt_2pi * gauss));
+    }
 }
 
 impl CustomOp1 for Gelu {
@@ -273,29 +358,43 @@ struct LayerNorm {
 }
 
 /// Mean and `1/σ` of one row.
+#[inline(always)]
 fn row_stats<T: Real>(x: &[T], eps: T) -> (T, T) {
     let n = T::from(x.len()).unwrap();
-    let mean = x.iter().copied().sum::<T>() / n;
-    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
+    let mean = sum_by(x, |v| v) / n;
+    let var = sum_by(x, |v| (v - mean) * (v - mean)) / n;
     (mean, (var + eps).sqrt().recip())
 }
 
 fn layer_norm_fwd<T: Real>(x: &[T], g: &[T], b: &[T], eps: f64) -> Vec<T> {
     let w = g.len();
+    assert!(
+        w > 0 && x.len().is_multiple_of(w) && b.len() == w,
+        "layer_norm: rows of the gain's width"
+    );
     let eps = T::from(eps).unwrap();
-    let mut y = vec![T::zero(); x.len()];
+    let mut y = Vec::with_capacity(x.len());
     let task = rows_per_task(w) * w;
-    y.par_chunks_mut(task)
+    y.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(task)
         .zip(x.par_chunks(task))
-        .for_each(|(y, x)| {
-            for (y, x) in y.chunks_exact_mut(w).zip(x.chunks_exact(w)) {
-                let (mean, rstd) = row_stats(x, eps);
-                for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(g).zip(b) {
-                    *y = (x - mean) * rstd * g + b;
-                }
-            }
-        });
+        .for_each(|(y, x)| layer_norm_fwd_rows(y, x, g, b, eps));
+    // SAFETY: the chunks of `y` and `x` pair up with equal lengths, whole rows of `w` each (the
+    // op checked that `x` is rows of `w` and `b` has `w`), and `layer_norm_fwd_rows` writes every
+    // element of each row.
+    unsafe { y.set_len(x.len()) };
     y
+}
+
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn layer_norm_fwd_rows<T: Real>(y: &mut [MaybeUninit<T>], x: &[T], g: &[T], b: &[T], eps: T) {
+    let w = g.len();
+    for (y, x) in y.chunks_exact_mut(w).zip(x.chunks_exact(w)) {
+        let (mean, rstd) = row_stats(x, eps);
+        for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(g).zip(b) {
+            y.write((x - mean) * rstd * g + b);
+        }
+    }
 }
 
 /// Gradients of LayerNorm, laid out as `rows + 2` rows of `w`: `dx`, then `dg`, then `db`.
@@ -314,27 +413,7 @@ fn layer_norm_bwd<T: Real>(x: &[T], g: &[T], dy: &[T], eps: f64) -> Vec<T> {
         .map(|(dx, (x, dy))| {
             let mut acc = vec![T::zero(); 2 * w];
             let (dg, db) = acc.split_at_mut(w);
-            for ((dx, x), dy) in dx
-                .chunks_exact_mut(w)
-                .zip(x.chunks_exact(w))
-                .zip(dy.chunks_exact(w))
-            {
-                let (mean, rstd) = row_stats(x, eps);
-                let (mut sum_gy, mut sum_gy_xhat) = (T::zero(), T::zero());
-                for j in 0..w {
-                    let xhat = (x[j] - mean) * rstd;
-                    let gy = dy[j] * g[j];
-                    sum_gy += gy;
-                    sum_gy_xhat += gy * xhat;
-                    dg[j] += dy[j] * xhat;
-                    db[j] += dy[j];
-                }
-                let (mean_gy, mean_gy_xhat) = (sum_gy / n, sum_gy_xhat / n);
-                for j in 0..w {
-                    let xhat = (x[j] - mean) * rstd;
-                    dx[j] = (dy[j] * g[j] - mean_gy - xhat * mean_gy_xhat) * rstd;
-                }
-            }
+            layer_norm_bwd_rows((dx, dg, db), x, dy, g, (eps, n));
             acc
         })
         .reduce(
@@ -346,6 +425,35 @@ fn layer_norm_bwd<T: Real>(x: &[T], g: &[T], dy: &[T], eps: f64) -> Vec<T> {
         );
     sums.copy_from_slice(&partial);
     out
+}
+
+/// Rows of `layer_norm_bwd`: writes their `dx`, adds their terms to `dg` and `db`.
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn layer_norm_bwd_rows<T: Real>(
+    (dx, dg, db): (&mut [T], &mut [T], &mut [T]),
+    x: &[T],
+    dy: &[T],
+    g: &[T],
+    (eps, n): (T, T),
+) {
+    let w = g.len();
+    let rows = dx
+        .chunks_exact_mut(w)
+        .zip(x.chunks_exact(w))
+        .zip(dy.chunks_exact(w));
+    for ((dx, x), dy) in rows {
+        let (mean, rstd) = row_stats(x, eps);
+        let sum_gy = sum_by2(dy, g, |dy, g| dy * g);
+        let sum_gy_xhat = sum_by3(dy, g, x, |dy, g, x| dy * g * (x - mean)) * rstd;
+        let (mean_gy, mean_gy_xhat) = (sum_gy / n, sum_gy_xhat / n);
+        let terms = dx.iter_mut().zip(dg.iter_mut()).zip(db.iter_mut());
+        for ((((dx, dg), db), &x), (&dy, &g)) in terms.zip(x).zip(dy.iter().zip(g)) {
+            let xhat = (x - mean) * rstd;
+            *dg += dy * xhat;
+            *db += dy;
+            *dx = (dy * g - mean_gy - xhat * mean_gy_xhat) * rstd;
+        }
+    }
 }
 
 impl CustomOp3 for LayerNorm {
@@ -362,6 +470,15 @@ impl CustomOp3 for LayerNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let w = l1.dims().last().copied().unwrap_or(0);
+        if w == 0 || l2.shape().elem_count() != w || l3.shape().elem_count() != w {
+            return Err(candle_core::Error::Msg(format!(
+                "layer_norm: gain {:?} and bias {:?} must match the last dimension of {:?}",
+                l2.dims(),
+                l3.dims(),
+                l1.dims()
+            )));
+        }
         let out = float_kernel!(
             "layer_norm",
             s1,
@@ -1292,6 +1409,68 @@ pub fn attention(qkv: &Tensor, causal: bool) -> Result<Tensor> {
     plain_softmax_last(&q.matmul(&k.t()?)?, causal)?.matmul(&v)
 }
 
+/// Multi-head attention straight from a linear layer's `(B, T, 3·C)` output (q, k, v side by
+/// side, each `H` heads of `C/H`), as `(B, T, C)`. On CPU one op reads the heads in place and
+/// writes them in place, so neither the `(3, B, H, T, D)` stack `attention` takes nor the
+/// transpose back is ever copied, forward or backward; elsewhere it builds that stack and calls
+/// `attention`.
+pub fn attention_packed(qkv: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
+    let (b, t, c3) = qkv.dims3()?;
+    let c = c3 / 3;
+    if fusable(qkv) {
+        return qkv
+            .contiguous()?
+            .apply_op1(PackedAttention { heads, causal });
+    }
+    let stack = qkv
+        .reshape((b, t, 3, heads, c / heads))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?;
+    attention(&stack, causal)?
+        .transpose(1, 2)?
+        .reshape((b, t, c))
+}
+
+/// `dst = beta · A · B` for `m×k` `A` and `k×n` `B`, each matrix given as a slice and its row and
+/// column strides, so heads can be read from and written into wider rows; serial, overwriting.
+fn strided_matmul<T: Real>(
+    (dst, dst_rs): (&mut [T], usize),
+    (a, a_rs, a_cs): (&[T], usize, usize),
+    (b, b_rs, b_cs): (&[T], usize, usize),
+    (m, n, k): (usize, usize, usize),
+    beta: T,
+) {
+    let reach = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(m > 0 && n > 0 && k > 0);
+    assert!(reach(m, dst_rs, n, 1) < dst.len());
+    assert!(reach(m, a_rs, k, a_cs) < a.len() && reach(k, b_rs, n, b_cs) < b.len());
+    // SAFETY: the asserts above keep every index the strides reach inside the three slices, and
+    // `dst` is borrowed mutably, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            false,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            T::one(),
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// `dst (m×n) = beta · A · B` (or `dst += …` with `accumulate`) for row-major `A` (`m×k`, or stored
 /// `k×m` when `a_t`) and `B` (`k×n`, or stored `n×k` when `b_t`).
 fn matmul<T: Real>(
@@ -1345,15 +1524,25 @@ fn head_matmul<T: Real>(
 }
 
 /// Softmax of each row of the square `t×t` score block `s`, in place; causal rows see `0..=i`.
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
 fn softmax_rows<T: Real>(s: &mut [T], t: usize, causal: bool) {
     for (i, row) in s.chunks_exact_mut(t).enumerate() {
         let seen = if causal { i + 1 } else { t };
         let (live, future) = row.split_at_mut(seen);
-        let max = live.iter().copied().fold(T::neg_infinity(), Float::max);
+        let max = max_of(live);
         live.iter_mut().for_each(|x| *x = T::exp_fast(*x - max));
-        let inv = live.iter().copied().sum::<T>().recip();
+        let inv = sum_by(live, |x| x).recip();
         live.iter_mut().for_each(|x| *x *= inv);
         future.iter_mut().for_each(|x| *x = T::zero());
+    }
+}
+
+/// `ds = P ∘ (dP − rowsum(dP ∘ P))` in place of `dP`, row by row of `t`.
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn softmax_bwd_rows<T: Real>(p: &[T], dp: &mut [T], t: usize) {
+    for (p, ds) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)) {
+        let dot = sum_by2(p, ds, |p, g| p * g);
+        ds.iter_mut().zip(p).for_each(|(g, &p)| *g = p * (*g - dot));
     }
 }
 
@@ -1414,15 +1603,145 @@ fn attention_bwd<T: Real>(
                 softmax_rows(p, t, causal);
                 head_matmul(dv, (p, true), (d_out, false), (t, d, t), T::one());
                 head_matmul(dp, (d_out, false), (v, true), (t, t, d), T::one());
-                for (p, ds) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)) {
-                    let dot = p.iter().zip(ds.iter()).map(|(&p, &g)| p * g).sum::<T>();
-                    ds.iter_mut().zip(p).for_each(|(g, &p)| *g = p * (*g - dot));
-                }
+                softmax_bwd_rows(p, dp, t);
                 head_matmul(dq, (dp, false), (k, false), (t, d, t), scale);
                 head_matmul(dk, (dp, true), (q, false), (t, d, t), scale);
             },
         );
     grads
+}
+
+/// Shape of a packed `(B, T, 3·C)` attention input: `(B, T, C, H)`.
+fn packed_dims(l: &Layout, heads: usize) -> Result<(usize, usize, usize, usize)> {
+    match l.dims() {
+        &[b, t, c3] if heads > 0 && c3 % (3 * heads) == 0 => Ok((b, t, c3 / 3, heads)),
+        dims => Err(candle_core::Error::Msg(format!(
+            "packed attention takes (B, T, 3·C) with C a multiple of {heads} heads, got {dims:?}"
+        ))),
+    }
+}
+
+/// `attention_fwd` on the packed layout, one batch item per task: head `h` of q, k and v are the
+/// columns `h·D..`, `C + h·D..` and `2C + h·D..` of the item's `(T, 3C)` rows, and its output
+/// goes to columns `h·D..` of the item's `(T, C)` rows.
+fn packed_attention_fwd<T: Real>(
+    qkv: &[T],
+    (b, t, c, heads): (usize, usize, usize, usize),
+    causal: bool,
+) -> Vec<T> {
+    let d = c / heads;
+    let scale = T::from(d).unwrap().sqrt().recip();
+    let mut out = vec![T::zero(); b * t * c];
+    out.par_chunks_mut(t * c)
+        .zip(qkv.par_chunks(t * 3 * c))
+        .for_each_init(
+            || vec![T::zero(); t * t],
+            |p, (o, x)| {
+                for h in 0..heads {
+                    let (q, k, v) = (&x[h * d..], &x[c + h * d..], &x[2 * c + h * d..]);
+                    let dims = (t, t, d);
+                    strided_matmul((p, t), (q, 3 * c, 1), (k, 1, 3 * c), dims, scale);
+                    softmax_rows(p, t, causal);
+                    let o = (&mut o[h * d..], c);
+                    strided_matmul(o, (p, t, 1), (v, 3 * c, 1), (t, d, t), T::one());
+                }
+            },
+        );
+    out
+}
+
+/// `attention_bwd` on the packed layout: the gradient as `(B, T, 3C)`, dq, dk and dv of head `h`
+/// in the columns its q, k and v came from.
+fn packed_attention_bwd<T: Real>(
+    qkv: &[T],
+    d_out: &[T],
+    (b, t, c, heads): (usize, usize, usize, usize),
+    causal: bool,
+) -> Vec<T> {
+    let d = c / heads;
+    let scale = T::from(d).unwrap().sqrt().recip();
+    let mut grads = vec![T::zero(); b * t * 3 * c];
+    grads
+        .par_chunks_mut(t * 3 * c)
+        .zip(qkv.par_chunks(t * 3 * c).zip(d_out.par_chunks(t * c)))
+        .for_each_init(
+            || (vec![T::zero(); t * t], vec![T::zero(); t * t]),
+            |(p, dp), (g, (x, d_out))| {
+                let row = 3 * c;
+                for h in 0..heads {
+                    let (q, k, v) = (&x[h * d..], &x[c + h * d..], &x[2 * c + h * d..]);
+                    let d_o = &d_out[h * d..];
+                    strided_matmul((p, t), (q, row, 1), (k, 1, row), (t, t, d), scale);
+                    softmax_rows(p, t, causal);
+                    let dv = (&mut g[2 * c + h * d..], row);
+                    strided_matmul(dv, (p, 1, t), (d_o, c, 1), (t, d, t), T::one());
+                    strided_matmul((dp, t), (d_o, c, 1), (v, 1, row), (t, t, d), T::one());
+                    softmax_bwd_rows(p, dp, t);
+                    let dq = (&mut g[h * d..], row);
+                    strided_matmul(dq, (dp, t, 1), (k, row, 1), (t, d, t), scale);
+                    let dk = (&mut g[c + h * d..], row);
+                    strided_matmul(dk, (dp, 1, t), (q, row, 1), (t, d, t), scale);
+                }
+            },
+        );
+    grads
+}
+
+struct PackedAttention {
+    heads: usize,
+    causal: bool,
+}
+
+impl CustomOp1 for PackedAttention {
+    fn name(&self) -> &'static str {
+        "wit-packed-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = packed_dims(l, self.heads)?;
+        let out = float_kernel!(
+            "packed attention",
+            s,
+            packed_attention_fwd(slice(s, l)?, dims, self.causal)
+        );
+        let (b, t, c, _) = dims;
+        Ok((out, Shape::from((b, t, c))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _out: &Tensor, d_out: &Tensor) -> Result<Option<Tensor>> {
+        let grad = PackedAttentionGrad {
+            heads: self.heads,
+            causal: self.causal,
+        };
+        Ok(Some(qkv.apply_op2_no_bwd(&d_out.contiguous()?, &grad)?))
+    }
+}
+
+struct PackedAttentionGrad {
+    heads: usize,
+    causal: bool,
+}
+
+impl CustomOp2 for PackedAttentionGrad {
+    fn name(&self) -> &'static str {
+        "wit-packed-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = packed_dims(l1, self.heads)?;
+        let out = float_kernel!(
+            "packed attention backward",
+            s1,
+            packed_attention_bwd(slice(s1, l1)?, slice(s2, l2)?, dims, self.causal)
+        );
+        Ok((out, l1.shape().clone()))
+    }
 }
 
 struct Attention {
@@ -1545,7 +1864,7 @@ pub(crate) mod tests {
             .collect();
         let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let y = f(&tensors).unwrap();
-        let weights = random(y.dims(), 99, DType::F64);
+        let weights = random(y.dims(), 99, y.dtype());
         let grads = (&y * &weights)
             .unwrap()
             .sum_all()
@@ -1695,6 +2014,23 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn packed_attention_and_its_gradient_match_the_stacked_op() {
+        for causal in [false, true] {
+            let qkv = random(&[2, 7, 3 * 3 * 5], 12, DType::F64);
+            assert_matches_plain(
+                |t| attention_packed(&t[0], 3, causal),
+                |t| {
+                    let stack = t[0].reshape((2, 7, 3, 3, 5))?.permute((2, 0, 3, 1, 4))?;
+                    attention(&stack.contiguous()?, causal)?
+                        .transpose(1, 2)?
+                        .reshape((2, 7, 15))
+                },
+                &[qkv],
+            );
+        }
+    }
+
+    #[test]
     fn causal_attention_never_reads_a_later_key() {
         let qkv = random(&[3, 1, 2, 6, 4], 6, DType::F32);
         let base = attention(&qkv, true).unwrap();
@@ -1728,26 +2064,42 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn f32_kernels_stay_within_f32_rounding_of_the_f64_ones() {
-        let x64 = random(&[96, 40], 7, DType::F64);
-        let x32 = x64.to_dtype(DType::F32).unwrap();
+    fn f32_kernels_and_gradients_stay_within_f32_rounding_of_the_f64_ones() {
+        // Width 40: two full 16-lane chunks and a tail, so the partial sums' tails are read.
+        let x = random(&[96, 40], 7, DType::F64);
         let g = random(&[40], 8, DType::F64);
         let b = random(&[40], 9, DType::F64);
-        type Kernel = fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>;
-        let cases: [(&str, Kernel, f64); 3] = [
-            ("gelu", |x, _, _| gelu(x), 1e-6),
-            ("layer_norm", |x, g, b| layer_norm(x, g, b, 1e-5), 1e-5),
+        type Kernel = fn(&[Tensor]) -> Result<Tensor>;
+        let cases: [(&str, Kernel, Vec<Tensor>); 3] = [
+            ("gelu", |t| gelu(&t[0]), vec![x.clone()]),
+            (
+                "layer_norm",
+                |t| layer_norm(&t[0], &t[1], &t[2], 1e-5),
+                vec![x.clone(), g, b],
+            ),
             (
                 "attention",
-                |x, _, _| attention(&x.reshape((3, 2, 2, 16, 20))?, true),
-                1e-5,
+                |t| attention(&t[0].reshape((3, 2, 2, 16, 20))?, true),
+                vec![x],
             ),
         ];
-        for (name, f, tol) in cases {
-            let exact = f(&x64, &g, &b).unwrap();
-            let single = f(&x32, &g, &b).unwrap().to_dtype(DType::F64).unwrap();
-            let diff = max_abs_diff(&exact, &single);
-            assert!(diff < tol, "{name}: f32 differs from f64 by {diff}");
+        for (name, f, inputs) in cases {
+            let single: Vec<Tensor> = inputs
+                .iter()
+                .map(|t| t.to_dtype(DType::F32).unwrap())
+                .collect();
+            let (y_exact, g_exact) = value_and_grads(f, &inputs);
+            let (y_single, g_single) = value_and_grads(f, &single);
+            let outputs =
+                std::iter::once((&y_exact, &y_single)).chain(g_exact.iter().zip(&g_single));
+            for (i, (exact, single)) in outputs.enumerate() {
+                let scale = max_abs_diff(exact, &exact.zeros_like().unwrap());
+                let diff = max_abs_diff(exact, &single.to_dtype(DType::F64).unwrap()) / scale;
+                assert!(
+                    diff < 1e-5,
+                    "{name}, output {i}: f32 differs from f64 by {diff} of the largest"
+                );
+            }
         }
     }
 

@@ -234,8 +234,6 @@ struct Attention {
 
 impl Attention {
     fn forward(&self, x: &Tensor, causal: bool) -> CResult<Tensor> {
-        let (b, t, c) = x.dims3()?;
-        let hd = c / self.heads;
         // One matmul for q, k and v (their weights stacked), then split per head.
         let qkv = Linear {
             w: Tensor::cat(&[&self.q.w, &self.k.w, &self.v.w], 0)?,
@@ -245,14 +243,9 @@ impl Attention {
                 0,
             )?),
         }
-        .forward(x)?
-        .reshape((b, t, 3, self.heads, hd))?
-        .permute((2, 0, 3, 1, 4))?
-        .contiguous()?;
-        let o = fused::attention(&qkv, causal)?
-            .transpose(1, 2)?
-            .reshape((b, t, c))?;
-        self.out.forward(&o)
+        .forward(x)?;
+        self.out
+            .forward(&fused::attention_packed(&qkv, self.heads, causal)?)
     }
 }
 
