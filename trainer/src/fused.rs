@@ -1013,22 +1013,20 @@ fn plain_batch_norm(
     Ok((y, mean, var))
 }
 
-/// Per-channel sums of `per_row(row, acc)` over all rows, `k` accumulators per channel
-/// (`acc[i * c + j]`), summed over row blocks in parallel.
+/// Per-channel sums over all rows, `k` accumulators per channel (`acc[i * c + j]`):
+/// `per_block(rows, acc)` adds a block of rows into `acc`, blocks in parallel, then summed.
 fn channel_sums<T: Real>(
     rows: usize,
     c: usize,
     k: usize,
-    per_row: impl Fn(usize, &mut [T]) + Sync,
+    per_block: impl Fn(std::ops::Range<usize>, &mut [T]) + Sync,
 ) -> Vec<T> {
     let block = rows_per_task(c);
     (0..rows.div_ceil(block))
         .into_par_iter()
         .map(|i| {
             let mut acc = vec![T::zero(); k * c];
-            for row in i * block..((i + 1) * block).min(rows) {
-                per_row(row, &mut acc);
-            }
+            per_block(i * block..((i + 1) * block).min(rows), &mut acc);
             acc
         })
         .reduce(
@@ -1040,9 +1038,27 @@ fn channel_sums<T: Real>(
         )
 }
 
-/// Row `r` of a `rows × c` block.
-fn row_of<T>(v: &[T], c: usize, r: usize) -> &[T] {
-    &v[r * c..(r + 1) * c]
+/// Rows `rows` of a `_ × c` block.
+fn row_block<T>(v: &[T], c: usize, rows: std::ops::Range<usize>) -> &[T] {
+    &v[rows.start * c..rows.end * c]
+}
+
+/// Adds each row of `x` (rows as wide as `acc`) into `acc`.
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn add_rows<T: Real>(x: &[T], acc: &mut [T]) {
+    for row in x.chunks_exact(acc.len()) {
+        acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+    }
+}
+
+/// Adds each row's squared deviation from `mean` into `acc`.
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn add_squared_deviations<T: Real>(x: &[T], mean: &[T], acc: &mut [T]) {
+    for row in x.chunks_exact(acc.len()) {
+        for ((a, &v), &m) in acc.iter_mut().zip(row).zip(mean) {
+            *a += (v - m) * (v - m);
+        }
+    }
 }
 
 /// Mean then biased variance of each channel of `rows × c` `x`, as a `2 × c` block (two passes,
@@ -1050,16 +1066,10 @@ fn row_of<T>(v: &[T], c: usize, r: usize) -> &[T] {
 fn batch_stats<T: Real>(x: &[T], c: usize) -> Vec<T> {
     let rows = x.len() / c;
     let n = T::from(rows.max(1)).unwrap();
-    let mut mean = channel_sums(rows, c, 1, |r, acc: &mut [T]| {
-        acc.iter_mut()
-            .zip(row_of(x, c, r))
-            .for_each(|(a, &v)| *a += v)
-    });
+    let mut mean = channel_sums(rows, c, 1, |r, acc| add_rows(row_block(x, c, r), acc));
     mean.iter_mut().for_each(|m| *m /= n);
-    let mut var = channel_sums(rows, c, 1, |r, acc: &mut [T]| {
-        for ((a, &v), &m) in acc.iter_mut().zip(row_of(x, c, r)).zip(&mean) {
-            *a += (v - m) * (v - m);
-        }
+    let mut var = channel_sums(rows, c, 1, |r, acc| {
+        add_squared_deviations(row_block(x, c, r), &mean, acc)
     });
     var.iter_mut().for_each(|v| *v /= n);
     mean.extend(var);
@@ -1077,22 +1087,97 @@ fn bn_scale<T: Real>(g: &[T], var: &[T], eps: f64) -> Vec<T> {
 
 fn batch_norm_fwd<T: Real>(x: &[T], gb: &[T], stats: &[T], eps: f64, relu: bool) -> Vec<T> {
     let c = gb.len() / 2;
+    assert!(c > 0 && x.len().is_multiple_of(c) && stats.len() == 2 * c);
     let (g, b) = gb.split_at(c);
     let (mean, var) = stats.split_at(c);
     let scale = bn_scale(g, var, eps);
-    let mut y = vec![T::zero(); x.len()];
+    let mut y = Vec::with_capacity(x.len());
     let task = rows_per_task(c) * c;
-    y.par_chunks_mut(task)
+    y.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(task)
         .zip(x.par_chunks(task))
-        .for_each(|(y, x)| {
-            for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                for j in 0..c {
-                    let v = (x[j] - mean[j]) * scale[j] + b[j];
-                    y[j] = if relu && v < T::zero() { T::zero() } else { v };
-                }
-            }
-        });
+        .for_each(|(y, x)| batch_norm_fwd_rows(y, x, (mean, &scale, b), relu));
+    // SAFETY: the chunks of `y` and `x` pair up with equal lengths, whole rows of `c` each
+    // (asserted), and `batch_norm_fwd_rows` writes every element of each row: `mean`, `scale`
+    // and `b` all have `c` elements.
+    unsafe { y.set_len(x.len()) };
     y
+}
+
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn batch_norm_fwd_rows<T: Real>(
+    y: &mut [MaybeUninit<T>],
+    x: &[T],
+    (mean, scale, b): (&[T], &[T], &[T]),
+    relu: bool,
+) {
+    for (y, x) in y
+        .chunks_exact_mut(mean.len())
+        .zip(x.chunks_exact(mean.len()))
+    {
+        for ((((y, &x), &m), &s), &b) in y.iter_mut().zip(x).zip(mean).zip(scale).zip(b) {
+            let v = (x - m) * s + b;
+            y.write(if relu && v < T::zero() { T::zero() } else { v });
+        }
+    }
+}
+
+/// BatchNorm's per-channel parameters as its backward pass reads them, each `c` long.
+struct BnBackward<'a, T> {
+    g: &'a [T],
+    b: &'a [T],
+    mean: &'a [T],
+    rstd: &'a [T],
+    relu: bool,
+}
+
+impl<T: Real> BnBackward<'_, T> {
+    /// `x̂` and the output gradient where the ReLU passed it, for channel `j` of one row.
+    #[inline(always)]
+    fn at(&self, x: &[T], dy: &[T], j: usize) -> (T, T) {
+        let xhat = (x[j] - self.mean[j]) * self.rstd[j];
+        let passed = !self.relu || xhat * self.g[j] + self.b[j] >= T::zero();
+        (xhat, if passed { dy[j] } else { T::zero() })
+    }
+}
+
+/// Adds each row's `d·x̂` and `d` into the two halves of `acc`.
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn add_bn_grad_sums<T: Real>(x: &[T], dy: &[T], p: &BnBackward<T>, acc: &mut [T]) {
+    let c = p.g.len();
+    let (sum_dxhat, sum_d) = acc.split_at_mut(c);
+    let (sum_dxhat, sum_d) = (&mut sum_dxhat[..c], &mut sum_d[..c]);
+    for (x, dy) in x.chunks_exact(c).zip(dy.chunks_exact(c)) {
+        let (x, dy) = (&x[..c], &dy[..c]);
+        for j in 0..c {
+            let (xhat, d) = p.at(x, dy, j);
+            sum_dxhat[j] += d * xhat;
+            sum_d[j] += d;
+        }
+    }
+}
+
+/// `dx = gain · (d − mean_db − x̂·mean_dg)` row by row.
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn batch_norm_bwd_rows<T: Real>(
+    dx: &mut [T],
+    (x, dy): (&[T], &[T]),
+    p: &BnBackward<T>,
+    (gain, mean_db, mean_dg): (&[T], &[T], &[T]),
+) {
+    let c = p.g.len();
+    let (gain, mean_db, mean_dg) = (&gain[..c], &mean_db[..c], &mean_dg[..c]);
+    let rows = dx
+        .chunks_exact_mut(c)
+        .zip(x.chunks_exact(c))
+        .zip(dy.chunks_exact(c));
+    for ((out, x), dy) in rows {
+        let (out, x, dy) = (&mut out[..c], &x[..c], &dy[..c]);
+        for j in 0..c {
+            let (xhat, d) = p.at(x, dy, j);
+            out[j] = gain[j] * (d - mean_db[j] - xhat * mean_dg[j]);
+        }
+    }
 }
 
 /// Gradients of training-mode BatchNorm (+ ReLU), as `rows + 2` rows of `c`: `dx`, `dg`, `db`.
@@ -1107,23 +1192,15 @@ fn batch_norm_bwd<T: Real>(x: &[T], params: &[T], dy: &[T], eps: f64, relu: bool
     let (mean, var) = stats.split_at(c);
     let eps_t = T::from(eps).unwrap();
     let rstd: Vec<T> = var.iter().map(|&v| (v + eps_t).sqrt().recip()).collect();
-    let (g, b, mean, rstd) = (&g[..c], &b[..c], &mean[..c], &rstd[..c]);
-    // x̂ and the output gradient where the ReLU passed it, for channel `j` of one row (`x` and
-    // `dy` are that row's slices of length `c`).
-    let at = |x: &[T], dy: &[T], j: usize| {
-        let xhat = (x[j] - mean[j]) * rstd[j];
-        let passed = !relu || xhat * g[j] + b[j] >= T::zero();
-        (xhat, if passed { dy[j] } else { T::zero() })
+    let p = BnBackward {
+        g: &g[..c],
+        b: &b[..c],
+        mean: &mean[..c],
+        rstd: &rstd[..c],
+        relu,
     };
     let sums = channel_sums(rows, c, 2, |r, acc| {
-        let (x, dy) = (row_of(x, c, r), row_of(dy, c, r));
-        let (sum_dxhat, sum_d) = acc.split_at_mut(c);
-        let (sum_dxhat, sum_d) = (&mut sum_dxhat[..c], &mut sum_d[..c]);
-        for j in 0..c {
-            let (xhat, d) = at(x, dy, j);
-            sum_dxhat[j] += d * xhat;
-            sum_d[j] += d;
-        }
+        add_bn_grad_sums(row_block(x, c, r.clone()), row_block(dy, c, r), &p, acc)
     });
     let n = T::from(rows.max(1)).unwrap();
     let mut out = vec![T::zero(); (rows + 2) * c];
@@ -1131,23 +1208,13 @@ fn batch_norm_bwd<T: Real>(x: &[T], params: &[T], dy: &[T], eps: f64, relu: bool
     tail.copy_from_slice(&sums);
     let (dg, db) = sums.split_at(c);
     // dx = g/σ · (d − db/N − x̂·dg/N), with the per-channel factors computed once.
-    let gain: Vec<T> = g.iter().zip(rstd).map(|(&g, &r)| g * r).collect();
+    let gain: Vec<T> = p.g.iter().zip(p.rstd).map(|(&g, &r)| g * r).collect();
     let mean_db: Vec<T> = db.iter().map(|&v| v / n).collect();
     let mean_dg: Vec<T> = dg.iter().map(|&v| v / n).collect();
-    let (gain, mean_db, mean_dg) = (&gain[..c], &mean_db[..c], &mean_dg[..c]);
-    let task_rows = rows_per_task(c);
-    dx.par_chunks_mut(task_rows * c)
-        .enumerate()
-        .for_each(|(i, block)| {
-            for (k, out) in block.chunks_exact_mut(c).enumerate() {
-                let r = i * task_rows + k;
-                let (x, dy, out) = (row_of(x, c, r), row_of(dy, c, r), &mut out[..c]);
-                for j in 0..c {
-                    let (xhat, d) = at(x, dy, j);
-                    out[j] = gain[j] * (d - mean_db[j] - xhat * mean_dg[j]);
-                }
-            }
-        });
+    let task = rows_per_task(c) * c;
+    dx.par_chunks_mut(task)
+        .zip(x.par_chunks(task).zip(dy.par_chunks(task)))
+        .for_each(|(dx, xy)| batch_norm_bwd_rows(dx, xy, &p, (&gain, &mean_db, &mean_dg)));
     out
 }
 
@@ -1434,41 +1501,13 @@ pub fn attention_packed(qkv: &Tensor, heads: usize, causal: bool) -> Result<Tens
 /// `dst = beta · A · B` for `m×k` `A` and `k×n` `B`, each matrix given as a slice and its row and
 /// column strides, so heads can be read from and written into wider rows; serial, overwriting.
 fn strided_matmul<T: Real>(
-    (dst, dst_rs): (&mut [T], usize),
-    (a, a_rs, a_cs): (&[T], usize, usize),
-    (b, b_rs, b_cs): (&[T], usize, usize),
-    (m, n, k): (usize, usize, usize),
+    dst: (&mut [T], usize),
+    a: (&[T], usize, usize),
+    b: (&[T], usize, usize),
+    dims: (usize, usize, usize),
     beta: T,
 ) {
-    let reach = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(m > 0 && n > 0 && k > 0);
-    assert!(reach(m, dst_rs, n, 1) < dst.len());
-    assert!(reach(m, a_rs, k, a_cs) < a.len() && reach(k, b_rs, n, b_cs) < b.len());
-    // SAFETY: the asserts above keep every index the strides reach inside the three slices, and
-    // `dst` is borrowed mutably, so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            false,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            T::one(),
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    gemm_strided(dst, a, b, dims, beta, false, gemm::Parallelism::None);
 }
 
 /// `dst (m×n) = beta · A · B` (or `dst += …` with `accumulate`) for row-major `A` (`m×k`, or stored
@@ -1482,11 +1521,30 @@ fn matmul<T: Real>(
     accumulate: bool,
     parallelism: gemm::Parallelism,
 ) {
-    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
-    let (a_rs, a_cs) = if a_t { (1, m) } else { (k, 1) };
-    let (b_rs, b_cs) = if b_t { (1, k) } else { (n, 1) };
-    // SAFETY: the asserts above keep every index the strides reach inside the three slices, and
-    // `dst` is borrowed mutably, so it aliases neither input.
+    let a = if a_t { (a, 1, m) } else { (a, k, 1) };
+    let b = if b_t { (b, 1, k) } else { (b, n, 1) };
+    gemm_strided((dst, n), a, b, (m, n, k), beta, accumulate, parallelism);
+}
+
+/// `gemm` on matrices given as slices with row and column strides (`dst`'s columns adjacent),
+/// every index the strides reach checked to lie inside its slice.
+fn gemm_strided<T: Real>(
+    (dst, dst_rs): (&mut [T], usize),
+    (a, a_rs, a_cs): (&[T], usize, usize),
+    (b, b_rs, b_cs): (&[T], usize, usize),
+    (m, n, k): (usize, usize, usize),
+    beta: T,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(last(m, dst_rs, n, 1) < dst.len());
+    assert!(k == 0 || (last(m, a_rs, k, a_cs) < a.len() && last(k, b_rs, n, b_cs) < b.len()));
+    // SAFETY: the asserts above keep every index the strides reach inside the three slices (with
+    // `k` zero, `a` and `b` are not read), and `dst` is borrowed mutably, so it aliases neither.
     unsafe {
         gemm::gemm(
             m,
@@ -1494,7 +1552,7 @@ fn matmul<T: Real>(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             a.as_ptr(),
             a_cs as isize,

@@ -1478,7 +1478,9 @@ impl Map2 for MatMul {
         let dst_rs = dst_strides[0];
         let dst_cs = dst_strides[1];
 
-        let mut dst = vec![T::zero(); b * m * n];
+        // wit: no zero-fill; every gemm below writes its whole block (see the end).
+        let dst_len = b * m * n;
+        let mut dst: Vec<T> = Vec::with_capacity(dst_len);
         let num_threads = crate::utils::get_num_threads();
         let parallelism = if num_threads > 1 {
             Parallelism::Rayon(num_threads)
@@ -1502,13 +1504,13 @@ impl Map2 for MatMul {
         for step in 0..b {
             let lhs_p = &lhs[step * a_skip..];
             let rhs_p = &rhs[step * b_skip..];
-            let dst_p = &mut dst[step * c_skip..];
+            assert!(step * c_skip + m * n <= dst_len);
             unsafe {
                 gemm(
                     /* m: usize = */ m,
                     /* n: usize = */ n,
                     /* k: usize = */ k,
-                    /* dst: *mut T = */ dst_p.as_mut_ptr(),
+                    /* dst: *mut T = */ dst.as_mut_ptr().add(step * c_skip),
                     /* dst_cs: isize = */ dst_cs as isize,
                     /* dst_rs: isize = */ dst_rs as isize,
                     /* read_dst: bool = */ false,
@@ -1527,6 +1529,10 @@ impl Map2 for MatMul {
                 )
             }
         }
+        // SAFETY (wit): with `read_dst` false each call above wrote all `m * n` elements of its
+        // contiguous block (zeros when `k` is 0), the blocks lie inside `dst_len` (asserted) and
+        // together tile it: `b` blocks of `c_skip = m * n`, or one block of all `b * m` rows.
+        unsafe { dst.set_len(dst_len) };
         Ok(dst)
     }
 
