@@ -257,6 +257,7 @@ fn gelu_bwd<T: Real>(x: &[T], dy: &[T]) -> Vec<T> {
     dx
 }
 
+/// One task's GELU gradient, written into uninitialised memory as in `gelu_fwd_chunk`.
 #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
 fn gelu_bwd_chunk<T: Real>(dx: &mut [MaybeUninit<T>], x: &[T], dy: &[T]) {
     let inv_sqrt_2pi = T::from(0.398_942_280_401_432_7).unwrap();
@@ -386,6 +387,7 @@ fn layer_norm_fwd<T: Real>(x: &[T], g: &[T], b: &[T], eps: f64) -> Vec<T> {
     y
 }
 
+/// Rows of `layer_norm_fwd`: `(x − μ)/σ · g + b`.
 #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
 fn layer_norm_fwd_rows<T: Real>(y: &mut [MaybeUninit<T>], x: &[T], g: &[T], b: &[T], eps: T) {
     let w = g.len();
@@ -1104,6 +1106,7 @@ fn batch_norm_fwd<T: Real>(x: &[T], gb: &[T], stats: &[T], eps: f64, relu: bool)
     y
 }
 
+/// Rows of `batch_norm_fwd`: `(x − mean)·scale + b`, then the ReLU when asked.
 #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
 fn batch_norm_fwd_rows<T: Real>(
     y: &mut [MaybeUninit<T>],
