@@ -782,28 +782,41 @@ impl Window {
     }
 }
 
+/// The patches as rows, written into uninitialised memory: each window position copies its
+/// pixel's channels or, in the padding, writes zeros, so no zero-fill pass comes first.
 fn im2col_fwd<T: Real>(x: &[T], g: Window) -> Vec<T> {
     let (k, c) = (g.k, g.c);
     let row = g.wo * k * k * c;
-    let mut out = vec![T::zero(); g.b * g.ho * row];
-    out.par_chunks_mut(row).enumerate().for_each(|(r, out)| {
-        let (image, oy) = (r / g.ho, r % g.ho);
-        for ox in 0..g.wo {
-            for ky in 0..k {
-                let Some(iy) = g.input(oy, ky, g.h) else {
-                    continue;
-                };
-                for kx in 0..k {
-                    let Some(ix) = g.input(ox, kx, g.w) else {
-                        continue;
-                    };
-                    let src = ((image * g.h + iy) * g.w + ix) * c;
-                    let dst = ((ox * k + ky) * k + kx) * c;
-                    out[dst..dst + c].copy_from_slice(&x[src..src + c]);
+    let len = g.b * g.ho * row;
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(row)
+        .enumerate()
+        .for_each(|(r, out)| {
+            let (image, oy) = (r / g.ho, r % g.ho);
+            for ox in 0..g.wo {
+                for ky in 0..k {
+                    let iy = g.input(oy, ky, g.h);
+                    for kx in 0..k {
+                        let dst = ((ox * k + ky) * k + kx) * c;
+                        let slot = &mut out[dst..dst + c];
+                        match (iy, g.input(ox, kx, g.w)) {
+                            (Some(iy), Some(ix)) => {
+                                let src = ((image * g.h + iy) * g.w + ix) * c;
+                                slot.write_copy_of_slice(&x[src..src + c]);
+                            }
+                            _ => slot.iter_mut().for_each(|v| {
+                                v.write(T::zero());
+                            }),
+                        }
+                    }
                 }
             }
-        }
-    });
+        });
+    // SAFETY: each chunk is one output row of `wo · k · k` slots of `c`, and the loops above
+    // write every slot of it (the pixel's channels, or zeros in the padding); the chunks tile
+    // all `len` elements.
+    unsafe { out.set_len(len) };
     out
 }
 
