@@ -1482,6 +1482,9 @@ impl CustomOp3 for Linear {
 /// one thread, the scores and probabilities are graph nodes with their own backward passes, and the
 /// second core waits. The backward pass recomputes the probabilities (as flash attention does)
 /// instead of keeping `B·H·T²` of them alive.
+///
+/// The model calls `attention_packed`, which on CPU skips this stack altogether; there the
+/// stacked op is the reference that both the packed op's test and the CUDA tests compare with.
 pub fn attention(qkv: &Tensor, causal: bool) -> Result<Tensor> {
     if fusable(qkv) || cuda_kernels(qkv) {
         return qkv.contiguous()?.apply_op1(Attention { causal });
