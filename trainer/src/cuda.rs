@@ -1,9 +1,10 @@
-//! `fused`'s ops on CUDA: GELU, LayerNorm, biased linear layers and attention, forward and
-//! backward, plus the optimiser's AdamW update and gradient norm. Elementwise and row work runs in
-//! the kernels of `kernels.cu` (PTX from build.rs), matrix products in cuBLAS through candle's
-//! storage. Each op is one graph node: through candle's plain ops the same layer is 5–25 nodes,
-//! and every node's backward pass adds a zeroed buffer and a sum per input. `fused`'s CPU kernels
-//! are the reference the CUDA tests compare these with.
+//! `fused`'s ops on CUDA: GELU, LayerNorm, biased linear layers, attention (stacked or packed as
+//! the q/k/v layer writes it) and row gathers, forward and backward, plus the optimiser's AdamW
+//! update and gradient norm. Elementwise, row and copy work runs in the kernels of `kernels.cu`
+//! (PTX from build.rs), matrix products in cuBLAS through candle's storage. Each op is one graph
+//! node: through candle's plain ops the same layer is 5–25 nodes, and every node's backward pass
+//! adds a zeroed buffer and a sum per input. `fused`'s CPU kernels are the reference the CUDA
+//! tests compare these with.
 
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::cuda_backend::cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
@@ -42,9 +43,10 @@ fn address(s: &CudaStorage, l: &Layout) -> Result<u64> {
     let (base, size) = match &s.slice {
         CudaStorageSlice::F32(x) => (x.device_ptr(&stream).0, 4),
         CudaStorageSlice::BF16(x) => (x.device_ptr(&stream).0, 2),
+        CudaStorageSlice::U32(x) => (x.device_ptr(&stream).0, 4),
         _ => {
             return Err(error(format!(
-                "wit CUDA kernels take f32 or bf16, got {:?}",
+                "wit CUDA kernels take f32 or bf16 (u32 for ids), got {:?}",
                 s.dtype()
             )))
         }
@@ -336,16 +338,20 @@ pub fn linear(
     }
     same_dtype(&[x, w, b], "linear")?;
     let y = x.matmul(w, (1, rows, outputs, inputs), lx, &lw.transpose(0, 1)?)?;
-    let n = rows * outputs;
     let name = format!("wit_add_rows_{}", suffix(x.dtype())?);
     let args = [
-        Arg::Ptr(address(&y, &Layout::contiguous(n))?),
+        Arg::Ptr(address(&y, &Layout::contiguous(rows * outputs))?),
         Arg::Ptr(address(b, lb)?),
-        Arg::Size(n as u64),
+        Arg::I64(rows as i64),
         Arg::I32(outputs as i32),
     ];
+    let cfg = LaunchConfig {
+        grid_dim: (rows.clamp(1, MAX_BLOCKS) as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
     // SAFETY: y holds rows·out elements, b out, of the kernel's type; y is ours alone.
-    unsafe { launch(&x.device, &name, elementwise(n), &args)? };
+    unsafe { launch(&x.device, &name, cfg, &args)? };
     Ok((y, Shape::from((rows, outputs))))
 }
 
@@ -412,6 +418,26 @@ impl Heads {
         let s = qkv.matmul(qkv, (b, t, t, d), &self.part(0), &self.part_t(1))?;
         softmax(&s, &self.scores(), self.scale(), causal)
     }
+
+    /// `dq`, `dk` and `dv`, each `(B·H, T, D)` from offset zero, from the stack and the output
+    /// gradient (`d_out_l` its `(B·H, T, D)` layout), recomputing `P` rather than keeping it from
+    /// the forward pass: `dv = Pᵀ do`, `dP = do vᵀ`, `ds = ∂softmax(dP)`, `dq = ds k`,
+    /// `dk = dsᵀ q`.
+    fn grads(
+        &self,
+        qkv: &CudaStorage,
+        (d_out, d_out_l): (&CudaStorage, &Layout),
+        causal: bool,
+    ) -> Result<[CudaStorage; 3]> {
+        let (b, t, d) = (self.batch, self.t, self.d);
+        let p = self.probabilities(qkv, causal)?;
+        let dv = p.matmul(d_out, (b, t, d, t), &self.scores_t(), d_out_l)?;
+        let dp = d_out.matmul(qkv, (b, t, t, d), d_out_l, &self.part_t(2))?;
+        let ds = softmax_grad(&p, &dp, &self.scores(), self.scale())?;
+        let dq = ds.matmul(qkv, (b, t, d, t), &self.scores(), &self.part(1))?;
+        let dk = ds.matmul(qkv, (b, t, d, t), &self.scores_t(), &self.part(0))?;
+        Ok([dq, dk, dv])
+    }
 }
 
 /// Attention over a `(3, B, H, T, D)` stack of q, k and v: `softmax(q kᵀ/√d) v` as `(B, H, T, D)`.
@@ -424,39 +450,219 @@ pub fn attention(qkv: &CudaStorage, l: &Layout, causal: bool) -> Result<(CudaSto
 }
 
 /// Attention's gradient as a `(3, B, H, T, D)` stack (dq, dk, dv) from the stack and the output
-/// gradient `d_out`, recomputing `P` rather than keeping it from the forward pass:
-/// `dv = Pᵀ do`, `dP = do vᵀ`, `ds = ∂softmax(dP)`, `dq = ds k`, `dk = dsᵀ q`.
+/// gradient `d_out`.
 pub fn attention_grad(
     (qkv, l): (&CudaStorage, &Layout),
     (d_out, l_out): (&CudaStorage, &Layout),
     causal: bool,
 ) -> Result<(CudaStorage, Shape)> {
     let heads = Heads::of(l)?;
-    let (b, t, d, mat) = (heads.batch, heads.t, heads.d, heads.mat());
+    let mat = heads.mat();
     same_elems(mat, l_out, "attention backward")?;
     same_dtype(&[qkv, d_out], "attention backward")?;
     let d_out_l = Layout::contiguous_with_offset(
-        (b, t, d),
+        (heads.batch, heads.t, heads.d),
         l_out
             .contiguous_offsets()
             .ok_or_else(|| error("attention backward takes a contiguous gradient".into()))?
             .0,
     );
-    let p = heads.probabilities(qkv, causal)?;
-    let dv = p.matmul(d_out, (b, t, d, t), &heads.scores_t(), &d_out_l)?;
-    let dp = d_out.matmul(qkv, (b, t, t, d), &d_out_l, &heads.part_t(2))?;
-    let ds = softmax_grad(&p, &dp, &heads.scores(), heads.scale())?;
-    let dq = ds.matmul(qkv, (b, t, d, t), &heads.scores(), &heads.part(1))?;
-    let dk = ds.matmul(qkv, (b, t, d, t), &heads.scores_t(), &heads.part(0))?;
+    let parts = heads.grads(qkv, (d_out, &d_out_l), causal)?;
     // SAFETY: each of the three copies below writes its own third of `grads` entirely.
     let mut grads = unsafe {
         qkv.device
             .alloc_uninit(&Shape::from(3 * mat), qkv.dtype())?
     };
-    for (i, part) in [dq, dk, dv].iter().enumerate() {
+    for (i, part) in parts.iter().enumerate() {
         part.copy2d(&mut grads, 1, mat, mat, mat, 0, i * mat)?;
     }
     Ok((grads, l.shape().clone()))
+}
+
+/// Sizes of the packed `(B, T, P·H·D)` layout a linear layer writes: q, k and v side by side
+/// (`P` = 3), or one tensor of heads (`P` = 1).
+#[derive(Clone, Copy)]
+struct Packed {
+    batch: usize,
+    t: usize,
+    heads: usize,
+    d: usize,
+}
+
+impl Packed {
+    fn rows(&self, parts: usize) -> usize {
+        parts * self.batch * self.heads * self.t
+    }
+
+    /// The copy kernel for a head's row of `dtype` between addresses `x` and `y`: the widest unit
+    /// (16, 8, 4 or 2 bytes) that divides the row and both addresses, and the units per row.
+    fn unit(&self, dtype: DType, x: u64, y: u64) -> (usize, usize) {
+        let row = self.d * dtype.size_in_bytes();
+        let unit = [16, 8, 4]
+            .into_iter()
+            .find(|&u| row.is_multiple_of(u) && [x, y].iter().all(|a| a.is_multiple_of(u as u64)))
+            .unwrap_or(2);
+        (unit, row / unit)
+    }
+
+    /// The launch over `n` units: the kernels index them in 32 bits.
+    fn copy_launch(&self, n: usize) -> Result<LaunchConfig> {
+        match i32::try_from(n) {
+            Ok(_) => Ok(elementwise(n)),
+            Err(_) => Err(error(format!(
+                "attention's head copies index {n} units in 32 bits; use a smaller batch"
+            ))),
+        }
+    }
+
+    /// `x`, packed with `parts` parts, as a fresh `(P, B, H, T, D)` stack.
+    fn split(&self, (x, lx): (&CudaStorage, &Layout), parts: usize) -> Result<CudaStorage> {
+        let n = self.rows(parts) * self.d;
+        same_elems(n, lx, "split heads")?;
+        let (y, y_at) = alloc(&x.device, x.dtype(), n)?;
+        let x_at = address(x, lx)?;
+        let (unit, units) = self.unit(x.dtype(), x_at, y_at);
+        let args = [
+            Arg::Ptr(x_at),
+            Arg::Ptr(y_at),
+            Arg::I32(self.batch as i32),
+            Arg::I32(self.t as i32),
+            Arg::I32(parts as i32),
+            Arg::I32(self.heads as i32),
+            Arg::I32(units as i32),
+        ];
+        let cfg = self.copy_launch(self.rows(parts) * units)?;
+        // SAFETY: x and y hold `n` elements, rows·units units of `unit` bytes, each address a
+        // multiple of `unit`; the kernel writes each unit of y once.
+        unsafe { launch(&x.device, &format!("wit_split_heads_{unit}"), cfg, &args)? };
+        Ok(y)
+    }
+
+    /// Writes `x`, a `(B, H, T, D)` tensor from offset zero, into part `part` of `y_at`, a packed
+    /// layout of `parts` parts.
+    fn merge(&self, x: &CudaStorage, y_at: u64, (parts, part): (usize, usize)) -> Result<()> {
+        assert!(part < parts, "merge heads: part {part} of {parts}");
+        let x_at = address(x, &Layout::contiguous(self.rows(1) * self.d))?;
+        let (unit, units) = self.unit(x.dtype(), x_at, y_at);
+        let args = [
+            Arg::Ptr(x_at),
+            Arg::Ptr(y_at),
+            Arg::I32(self.batch as i32),
+            Arg::I32(self.t as i32),
+            Arg::I32(parts as i32),
+            Arg::I32(part as i32),
+            Arg::I32(self.heads as i32),
+            Arg::I32(units as i32),
+        ];
+        let cfg = self.copy_launch(self.rows(1) * units)?;
+        // SAFETY: x holds B·H·T·D elements and y (the caller's) `parts` times that, both at
+        // multiples of `unit` bytes; `part < parts`.
+        unsafe { launch(&x.device, &format!("wit_merge_heads_{unit}"), cfg, &args) }
+    }
+
+    /// The `(3, B, H, T, D)` stack's layout, and where its heads are.
+    fn heads(&self) -> Result<Heads> {
+        Heads::of(&Layout::contiguous((
+            3, self.batch, self.heads, self.t, self.d,
+        )))
+    }
+}
+
+fn packed(l: &Layout, heads: usize) -> Result<Packed> {
+    let (batch, t, c, heads) = crate::fused::packed_dims(l, heads)?;
+    Ok(Packed {
+        batch,
+        t,
+        heads,
+        d: c / heads,
+    })
+}
+
+/// Multi-head attention on a linear layer's `(B, T, 3·C)` output, as `(B, T, C)`: the heads are
+/// split into the stack the per-head products read and the result merged back by two copy
+/// kernels, where candle's strided copies (the permutes around `attention`, forward and backward)
+/// were 22% of a ViT-B/32 step on an H200 (Nsight Compute, 2026-11-28).
+pub fn packed_attention(
+    qkv: &CudaStorage,
+    l: &Layout,
+    heads: usize,
+    causal: bool,
+) -> Result<(CudaStorage, Shape)> {
+    let p = packed(l, heads)?;
+    let stack = p.split((qkv, l), 3)?;
+    let stack_l = Layout::contiguous((3, p.batch, p.heads, p.t, p.d));
+    let (out, _) = attention(&stack, &stack_l, causal)?;
+    let (y, y_at) = alloc(&qkv.device, qkv.dtype(), p.rows(1) * p.d)?;
+    p.merge(&out, y_at, (1, 0))?;
+    Ok((y, Shape::from((p.batch, p.t, p.heads * p.d))))
+}
+
+/// `packed_attention`'s gradient, `(B, T, 3·C)`, from its input and output gradient `(B, T, C)`.
+pub fn packed_attention_grad(
+    (qkv, l): (&CudaStorage, &Layout),
+    (d_out, l_out): (&CudaStorage, &Layout),
+    heads: usize,
+    causal: bool,
+) -> Result<(CudaStorage, Shape)> {
+    let p = packed(l, heads)?;
+    same_dtype(&[qkv, d_out], "packed attention backward")?;
+    let stack = p.split((qkv, l), 3)?;
+    let d_stack = p.split((d_out, l_out), 1)?;
+    let d_stack_l = Layout::contiguous((p.batch * p.heads, p.t, p.d));
+    let parts = p.heads()?.grads(&stack, (&d_stack, &d_stack_l), causal)?;
+    let (grads, grads_at) = alloc(&qkv.device, qkv.dtype(), p.rows(3) * p.d)?;
+    for (i, part) in parts.iter().enumerate() {
+        p.merge(part, grads_at, (3, i))?;
+    }
+    Ok((grads, l.shape().clone()))
+}
+
+/// `gather_rows`' gradient, `(rows, width)`: row `j` of `dy` added into row `ids[j]`, in an f32
+/// accumulator (one warp per id, atomics where ids repeat), then rounded once to `dy`'s dtype.
+/// Ids past the table are skipped (the forward pass refused them).
+pub fn gather_rows_grad(
+    (ids, l_ids): (&CudaStorage, &Layout),
+    (dy, l_dy): (&CudaStorage, &Layout),
+    rows: usize,
+) -> Result<(CudaStorage, Shape)> {
+    let (n, width) = rows_and_width(l_dy);
+    same_elems(n, l_ids, "gather rows backward: ids")?;
+    if ids.dtype() != DType::U32 {
+        return Err(error(format!(
+            "gather rows backward takes u32 ids, got {:?}",
+            ids.dtype()
+        )));
+    }
+    let dev = &dy.device;
+    let size = rows * width;
+    let acc = dev.alloc_zeros::<f32>(size)?;
+    let acc_at = acc.device_ptr(&dev.cuda_stream()).0;
+    let args = [
+        Arg::Ptr(address(ids, l_ids)?),
+        Arg::Ptr(address(dy, l_dy)?),
+        Arg::Ptr(acc_at),
+        Arg::I64(n as i64),
+        Arg::I32(width as i32),
+        Arg::I64(rows as i64),
+    ];
+    let name = format!("wit_gather_rows_bwd_{}", suffix(dy.dtype())?);
+    // SAFETY: ids holds n u32, dy n·width elements of the kernel's type, acc rows·width f32; the
+    // kernel skips ids ≥ rows.
+    unsafe { launch(dev, &name, per_row(n), &args)? };
+    let shape = Shape::from((rows, width));
+    let acc = CudaStorage {
+        slice: CudaStorageSlice::F32(acc),
+        device: dev.clone(),
+    };
+    if dy.dtype() == DType::F32 {
+        return Ok((acc, shape));
+    }
+    let (grad, grad_at) = alloc(dev, DType::BF16, size)?;
+    let args = [Arg::Ptr(acc_at), Arg::Ptr(grad_at), Arg::Size(size as u64)];
+    // SAFETY: acc holds `size` f32 and grad `size` bf16; acc lives until after the launch.
+    unsafe { launch(dev, "wit_f32_to_bf16", elementwise(size), &args)? };
+    drop(acc);
+    Ok((grad, shape))
 }
 
 /// The CUDA storage behind a contiguous tensor of `dtype`: its device and address; `None`

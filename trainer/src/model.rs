@@ -562,9 +562,7 @@ impl TextTower {
         let tokens = tokens.narrow(1, 0, t)?;
         let device = tokens.device();
         let width = self.token.dim(1)?;
-        let x = self
-            .token
-            .index_select(&tokens.flatten_all()?, 0)?
+        let x = fused::gather_rows(&self.token, &tokens.flatten_all()?)?
             .reshape((b, t, width))?
             .broadcast_add(&self.pos.narrow(0, 0, t)?)?;
         let x = blocks_forward(&self.blocks, frozen.cut(x, 1), true, frozen)?;
@@ -575,7 +573,7 @@ impl TextTower {
             .map(|(i, p)| (i * t + p) as u32)
             .collect();
         let idx = Tensor::new(rows, device)?;
-        let x = x.reshape((b * t, width))?.index_select(&idx, 0)?;
+        let x = fused::gather_rows(&x.reshape((b * t, width))?, &idx)?;
         let x = frozen.cut(x, self.blocks.len() + 1);
         Ok(frozen.cut(self.proj.forward(&x)?, self.blocks.len() + 2))
     }

@@ -367,6 +367,27 @@ mod tests {
         let mut random =
             |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
         let (p0, grads) = (random(5000), [random(5000), random(5000), random(5000)]);
+        // Wider than one launch's grid (1,056 blocks of 256 threads): every block sums a strided
+        // share and adds it, and the odd length leaves a ragged last warp.
+        let (wide, narrow) = (random(700_001), random(37));
+        let norms = [&Device::Cpu, &gpu].map(|device| {
+            let grads = BTreeMap::from([
+                (
+                    "wide".to_string(),
+                    Tensor::new(wide.as_slice(), device).unwrap(),
+                ),
+                (
+                    "narrow".to_string(),
+                    Tensor::new(narrow.as_slice(), device).unwrap(),
+                ),
+            ]);
+            grad_norm(&grads).unwrap()
+        });
+        eprintln!("norm kernel vs CPU on 700,038 values: {norms:?}");
+        assert!(
+            (norms[0] - norms[1]).abs() < 1e-5 * norms[0],
+            "norm {norms:?}"
+        );
         let cpu = BTreeMap::from([(
             "w".to_string(),
             Var::from_vec(p0.clone(), (50, 100), &Device::Cpu).unwrap(),
