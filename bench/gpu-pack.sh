@@ -3,6 +3,8 @@
 # so a session lent a GPU spends its few device minutes measuring, not building.
 #
 #   bash bench/gpu-pack.sh        (then, on the GPU machine: bash .gpu/run.sh, carrying .gpu and .whl)
+#   BASE_WIT=/path/to/older/wit bash bench/gpu-pack.sh   (also packs that binary as the baseline that
+#                                 bench/gpu.sh alternates with the new one: WIT_BASE)
 #
 # Builds `wit` and the trainer's test binaries with `--features cuda` (CUDA 13 from
 # ../shared/tools/cuda-build-env.sh, CUDA_COMPUTE_CAP=90 for the H100/H200; ~20 minutes cold on
@@ -27,6 +29,11 @@ for t in $tests; do cp "$t" .gpu/pack/tests/; done
 strip .gpu/pack/wit .gpu/pack/tests/*
 tar -C .gpu/pack -cf - wit tests | xz -T0 -6 > .gpu/bins.tar.xz
 rm -rf .gpu/pack
+if [ -n "${BASE_WIT:-}" ]; then
+  mkdir -p .gpu/pack && cp "$BASE_WIT" .gpu/pack/wit && strip .gpu/pack/wit
+  tar -C .gpu/pack -cf - wit | xz -T0 -6 > .gpu/base-wit.tar.xz
+  rm -rf .gpu/pack
+fi
 cp "$TOOLS/gpu-ldpath.sh" .gpu/
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
@@ -39,10 +46,14 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site
 TORCH_VENV=/opt/torch/.venv . .gpu/gpu-ldpath.sh
 tar -xJf .gpu/bins.tar.xz -C .gpu || exit 1
+if [ -f .gpu/base-wit.tar.xz ]; then
+  mkdir -p .gpu/base && tar -xJf .gpu/base-wit.tar.xz -C .gpu/base || exit 1
+  export WIT_BASE=.gpu/base/wit
+fi
 WIT_TESTS=.gpu/tests ROUNDS=${ROUNDS:-2} RN_LIMIT=${RN_LIMIT:-100} bash bench/gpu.sh .gpu/wit "$OUT"
 [ "${NCU:-1}" = 1 ] || exit 0
 echo "== ncu, one ViT-B/32 step"
-timeout 150 ncu --clock-control none --metrics gpu__time_duration.sum --csv --launch-count 6000 \
+timeout 150 ncu --clock-control none --metrics gpu__time_duration.sum --csv --launch-count 3600 \
   .gpu/wit bench train --config vit-b-32 --device cuda --batch-size 256 --vocab-size 49408 \
   --caption-tokens 16 --steps 1 --warmup-steps 1 > /tmp/ncu.csv 2> /tmp/ncu.err
 echo "ncu rc=$? kernels=$(wc -l < /tmp/ncu.csv)"
