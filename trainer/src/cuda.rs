@@ -619,7 +619,8 @@ pub fn packed_attention_grad(
 
 /// `gather_rows`' gradient, `(rows, width)`: row `j` of `dy` added into row `ids[j]`, in an f32
 /// accumulator (one warp per id, atomics where ids repeat), then rounded once to `dy`'s dtype.
-/// Ids past the table are skipped (the forward pass refused them).
+/// Ids past the table add nothing: the forward pass's `index_select` asserts on them, except
+/// `u32::MAX`, which it reads as a row of zeros.
 pub fn gather_rows_grad(
     (ids, l_ids): (&CudaStorage, &Layout),
     (dy, l_dy): (&CudaStorage, &Layout),
