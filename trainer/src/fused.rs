@@ -1391,13 +1391,26 @@ fn rows_of(v: &Tensor, rows: usize) -> Result<Tensor> {
     ones.matmul(&v.reshape((1, v.elem_count()))?)
 }
 
+/// `y = x Wᵀ + b`: `y` starts as copies of `b`, written by all threads into uninitialised memory
+/// (one thread filling it was 3.7% of a `tiny` step on 2 cores, `perf`), and the product is
+/// accumulated onto it.
 fn linear_fwd<T: Real>(x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     let (outputs, inputs) = (b.len(), w.len() / b.len().max(1));
     let rows = x.len() / inputs.max(1);
     let mut y = Vec::with_capacity(rows * outputs);
-    for _ in 0..rows {
-        y.extend_from_slice(b);
+    if let Some(rows_per_task) = TASK_ELEMS.checked_div(outputs) {
+        let rows_per_task = rows_per_task.max(1);
+        y.spare_capacity_mut()[..rows * outputs]
+            .par_chunks_mut(rows_per_task * outputs)
+            .for_each(|chunk| {
+                for row in chunk.chunks_exact_mut(outputs) {
+                    row.write_copy_of_slice(b);
+                }
+            });
     }
+    // SAFETY: every task's chunk is a whole number of `outputs`-wide rows, each written with a
+    // copy of `b`, so all `rows · outputs` elements are initialised.
+    unsafe { y.set_len(rows * outputs) };
     let threads = gemm::Parallelism::Rayon(rayon::current_num_threads());
     matmul(
         &mut y,
