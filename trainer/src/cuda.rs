@@ -481,7 +481,6 @@ pub fn attention_grad(
 
 /// Sizes of the packed `(B, T, P·H·D)` layout a linear layer writes: q, k and v side by side
 /// (`P` = 3), or one tensor of heads (`P` = 1).
-#[derive(Clone, Copy)]
 struct Packed {
     batch: usize,
     t: usize,
