@@ -2,6 +2,8 @@
 //! make scratch folders. Each test file does `mod common;` and uses what it needs.
 #![allow(dead_code)]
 
+pub mod hostile;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
