@@ -8,6 +8,7 @@
 //! frontier are bounded, so memory stays flat however large the web is.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
@@ -81,8 +82,14 @@ pub struct CrawlProgress {
     pub failed: u64,
     /// Fetches not made because robots.txt disallows them.
     pub disallowed_by_robots: u64,
-    /// Pages not used because the server or the page opted out (X-Robots-Tag, meta robots).
+    /// Pages not used because the server or the page opted out (X-Robots-Tag, meta robots,
+    /// TDMRep `<meta name="tdm-reservation" content="1">`).
     pub opted_out: u64,
+    /// Pages of which only the beginning was used (over the size or parse-time limit).
+    pub pages_cut: u64,
+    /// What the per-page caps dropped or cut (long URLs, alts, titles; images and links past
+    /// the caps).
+    pub capped: html::Capped,
     /// Fetched documents that were not HTML.
     pub not_html: u64,
     /// Pairs passed on (first occurrence of each (url, alt)).
@@ -357,10 +364,13 @@ impl State<'_> {
             }
         };
         self.progress.pages += 1;
-        let opted_out = page
-            .robots
-            .iter()
-            .any(|d| self.cfg.fetch.disallowed_header_directives.contains(d));
+        self.progress.pages_cut += u64::from(page.truncated || page.timed_out);
+        self.progress.capped.add(&page.capped);
+        let opted_out = page.tdm_reserved
+            || page
+                .robots
+                .iter()
+                .any(|d| self.cfg.fetch.disallowed_header_directives.contains(d));
         if opted_out {
             self.progress.opted_out += 1;
         } else {
@@ -380,6 +390,9 @@ impl State<'_> {
         page: &Page,
         on_pair: &mut (dyn FnMut(Pair) -> Result<(), String> + Send),
     ) -> Result<(), CrawlError> {
+        // The page's strings are shared by its pairs, not copied into each.
+        let shared_url: Arc<str> = page_url.as_str().into();
+        let title: Option<Arc<str>> = page.title.as_deref().map(Into::into);
         for img in &page.images {
             if img.alt.is_empty() && !self.cfg.keep_empty_alt {
                 continue;
@@ -393,8 +406,8 @@ impl State<'_> {
             on_pair(Pair {
                 url: img.url.to_string(),
                 caption: img.alt.clone(),
-                page_url: page_url.to_string(),
-                title: page.title.clone(),
+                page_url: Arc::clone(&shared_url),
+                title: title.clone(),
                 position: to_i32(img.position),
                 width: img.width.map(to_i32),
                 height: img.height.map(to_i32),

@@ -4,14 +4,64 @@
 //! (archived responses) call [`extract`], so a page yields the same pairs whichever way it came.
 //! The bytes are decoded first (BOM, then the `Content-Type` charset, then `<meta>`, then a UTF-8
 //! sniff falling back to windows-1252, as browsers do) so non-UTF-8 alt text survives.
+//!
+//! Extraction reads html5ever's tokenizer, not a tree: the tree builder walks its stack of open
+//! elements for many end tags, so deep nesting followed by many `</p>` costs depth × tags (a
+//! 720 KB page took 30 s), and a DOM costs many times the page's bytes. The tokenizer is linear
+//! in the input and keeps nothing; this module keeps only capped strings, so one page costs at
+//! most its bytes plus [`MAX_IMAGES_PER_PAGE`] and [`MAX_LINKS_PER_PAGE`] capped entries, and
+//! a page still being tokenized at [`MAX_PARSE_TIME`] keeps what was found so far.
+
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
 
 use encoding_rs::{Encoding, UTF_8, WINDOWS_1252};
-use scraper::{ElementRef, Html};
+use html5ever::tendril::StrTendril;
+use html5ever::tokenizer::states::RawKind;
+use html5ever::tokenizer::{
+    BufferQueue, Tag, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer, TokenizerOpts,
+};
 use url::Url;
 
 /// Pages larger than this are cut before parsing: real pages with images are far smaller, and an
 /// endless or hostile page must not take unbounded memory or time.
 pub const DEFAULT_MAX_HTML_BYTES: usize = 8 << 20;
+
+/// Longest URL kept, in bytes (image, link, `<base href>`, page URL, WARC-Target-URI). Longer
+/// ones are not usable URLs (servers refuse far shorter ones), so the pair or link is dropped and
+/// counted, never truncated.
+pub const MAX_URL_BYTES: usize = 4096;
+
+/// Longest alt text kept, in bytes; longer ones are cut at a character boundary (and counted):
+/// the beginning of a caption still describes the image.
+pub const MAX_ALT_BYTES: usize = 4096;
+
+/// Longest title kept, in bytes; longer ones are cut at a character boundary (and counted). The
+/// title is copied into every pair of its page, so it is kept short.
+pub const MAX_TITLE_BYTES: usize = 1024;
+
+/// Most images one page contributes; the rest are counted and dropped. Real pages carry tens to
+/// hundreds, a generated one could carry millions.
+pub const MAX_IMAGES_PER_PAGE: usize = 2048;
+
+/// Most out-links one page contributes; the rest are counted and dropped.
+pub const MAX_LINKS_PER_PAGE: usize = 8192;
+
+/// Most `srcset` candidates looked at per attribute (real ones list a handful of sizes).
+const MAX_SRCSET_CANDIDATES: usize = 32;
+
+/// A page still being tokenized after this long keeps what was found so far and is marked
+/// [`Page::timed_out`]. Tokenizing is linear, so only a slow machine or a page near
+/// [`DEFAULT_MAX_HTML_BYTES`] in a debug build comes near it; it bounds what one page can hold
+/// up the `wit warc` output behind it.
+pub const MAX_PARSE_TIME: Duration = Duration::from_secs(10);
+
+/// Most `<meta name="robots">` directives kept per page (a page repeating the tag cannot grow
+/// the list without bound).
+const MAX_ROBOTS_DIRECTIVES: usize = 64;
+
+/// Text fed to the tokenizer between two deadline checks.
+const FEED_CHUNK_BYTES: usize = 64 << 10;
 
 /// How many leading bytes the `<meta charset>` pre-scan looks at (the HTML spec says 1024; real
 /// pages often put a long `<head>` first, so look further).
@@ -20,8 +70,8 @@ const META_PRESCAN_BYTES: usize = 4096;
 /// Lazy-loading attributes that hold the real image URL while `src` holds a placeholder.
 const LAZY_SRC_ATTRS: [&str; 4] = ["data-src", "data-original", "data-lazy-src", "data-lazy"];
 
-/// Lazy-loading attributes that hold the real `srcset`.
-const LAZY_SRCSET_ATTRS: [&str; 2] = ["data-srcset", "data-lazy-srcset"];
+/// Lazy-loading attributes that hold the real `srcset`, then the plain one.
+const SRCSET_ATTRS: [&str; 3] = ["data-srcset", "data-lazy-srcset", "srcset"];
 
 /// `<source type>` values whose bytes `wit download` can decode; a `<picture>` source of another
 /// type (AVIF, JPEG XL, SVG) would only produce failed downloads, so the next source is used.
@@ -38,21 +88,57 @@ const DECODABLE_TYPES: [&str; 7] = [
 /// What one HTML page contributes: its image pairs and where to go next.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
-    /// The `<title>` text, whitespace collapsed; `None` when missing or empty.
+    /// The `<title>` text, whitespace collapsed, at most [`MAX_TITLE_BYTES`]; `None` when missing
+    /// or empty.
     pub title: Option<String>,
     /// The URL relative references resolve against (`<base href>` or the page URL).
     pub base: Url,
-    /// Images in document order, one per `<img>` that resolved to an http(s) URL.
+    /// Images in document order, one per `<img>` that resolved to an http(s) URL, at most
+    /// [`MAX_IMAGES_PER_PAGE`].
     pub images: Vec<ImagePair>,
-    /// `<a href>` / `<area href>` targets resolved against `base`, http(s) only, in document order.
+    /// `<a href>` / `<area href>` targets resolved against `base`, http(s) only, in document order,
+    /// at most [`MAX_LINKS_PER_PAGE`].
     pub links: Vec<Url>,
     /// Lower-cased directives of `<meta name="robots">` (e.g. `nofollow`, `noimageindex`, `noai`),
     /// so the crawler can honour a page's own opt-out.
     pub robots: Vec<String>,
+    /// True when `<meta name="tdm-reservation" content="1">` reserves text and data mining rights
+    /// (W3C TDMRep): the page's pairs must not be used by default.
+    pub tdm_reserved: bool,
     /// The character encoding the bytes were decoded with.
     pub encoding: &'static str,
     /// True when the page was longer than the size limit and only its beginning was parsed.
     pub truncated: bool,
+    /// True when tokenizing ran past [`MAX_PARSE_TIME`] and only the beginning was used.
+    pub timed_out: bool,
+    /// What the per-page caps dropped or cut.
+    pub capped: Capped,
+}
+
+/// Counts of what one page's caps dropped or cut, so summaries can say what was lost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Capped {
+    /// Image, link and `<base href>` URLs longer than [`MAX_URL_BYTES`], dropped.
+    pub long_urls: u64,
+    /// Alt texts cut to [`MAX_ALT_BYTES`].
+    pub long_alts: u64,
+    /// Titles cut to [`MAX_TITLE_BYTES`].
+    pub long_titles: u64,
+    /// Images past [`MAX_IMAGES_PER_PAGE`], dropped.
+    pub extra_images: u64,
+    /// Links past [`MAX_LINKS_PER_PAGE`], dropped.
+    pub extra_links: u64,
+}
+
+impl Capped {
+    /// Adds another page's counts.
+    pub fn add(&mut self, other: &Capped) {
+        self.long_urls += other.long_urls;
+        self.long_alts += other.long_alts;
+        self.long_titles += other.long_titles;
+        self.extra_images += other.extra_images;
+        self.extra_links += other.extra_links;
+    }
 }
 
 /// One image of a page with the text that describes it.
@@ -60,7 +146,8 @@ pub struct Page {
 pub struct ImagePair {
     /// The chosen image URL (largest `srcset` candidate, lazy URL, or `src`), absolute.
     pub url: Url,
-    /// The alt text with entities decoded and whitespace collapsed; empty when absent.
+    /// The alt text with entities decoded and whitespace collapsed, at most [`MAX_ALT_BYTES`];
+    /// empty when absent.
     pub alt: String,
     /// Ordinal of the `<img>` element among all `<img>` elements of the page (0-based), so
     /// position stays meaningful when some images are skipped.
@@ -71,7 +158,8 @@ pub struct ImagePair {
     pub height: Option<u32>,
 }
 
-/// Extracts title, images and links from an HTML page, limited to [`DEFAULT_MAX_HTML_BYTES`].
+/// Extracts title, images and links from an HTML page, limited to [`DEFAULT_MAX_HTML_BYTES`] and
+/// [`MAX_PARSE_TIME`].
 ///
 /// `content_type` is the HTTP `Content-Type` header (its `charset` is honoured); `page_url` is the
 /// final URL of the page, used to resolve relative references when there is no `<base href>`.
@@ -86,40 +174,369 @@ pub fn extract_limited(
     page_url: &Url,
     max_bytes: usize,
 ) -> Page {
+    extract_within(html, content_type, page_url, max_bytes, MAX_PARSE_TIME)
+}
+
+/// [`extract`] with explicit size and time limits.
+pub fn extract_within(
+    html: &[u8],
+    content_type: Option<&str>,
+    page_url: &Url,
+    max_bytes: usize,
+    max_time: Duration,
+) -> Page {
     let truncated = html.len() > max_bytes;
     let bytes = &html[..html.len().min(max_bytes)];
     let (text, encoding) = decode(bytes, content_type);
-    let doc = Html::parse_document(&text);
-    let base = find_base(&doc, page_url);
-    let mut page = Page {
-        title: None,
-        base,
-        images: Vec::new(),
-        links: Vec::new(),
-        robots: Vec::new(),
+    let collector = Collector {
+        state: RefCell::new(Collected::new(page_url)),
+    };
+    let tokenizer = Tokenizer::new(collector, TokenizerOpts::default());
+    let timed_out = feed(&tokenizer, &text, Instant::now() + max_time);
+    tokenizer.end();
+    let got = tokenizer.sink.state.into_inner();
+    let (title, long_title) = got.title();
+    let mut capped = got.capped;
+    capped.long_titles += u64::from(long_title);
+    Page {
+        title,
+        base: got.base,
+        images: got.images,
+        links: got.links,
+        robots: got.robots,
+        tdm_reserved: got.tdm_reserved,
         encoding: encoding.name(),
         truncated,
-    };
-    let mut img_ordinal = 0u32;
-    for el in doc.root_element().descendent_elements() {
-        match el.value().name() {
-            "title" if page.title.is_none() => page.title = non_empty(collapse_ws(&text_of(el))),
-            "img" => {
-                if let Some(pair) = image_pair(el, &page.base, img_ordinal) {
-                    page.images.push(pair);
-                }
-                img_ordinal += 1;
-            }
-            "a" | "area" => {
-                if let Some(url) = el.attr("href").and_then(|h| resolve(&page.base, h)) {
-                    page.links.push(url);
-                }
-            }
-            "meta" => page.robots.extend(meta_robots(el)),
-            _ => {}
+        timed_out,
+        capped,
+    }
+}
+
+/// Feeds `text` to the tokenizer a chunk at a time; true when `deadline` passed first.
+fn feed(tokenizer: &Tokenizer<Collector>, text: &str, deadline: Instant) -> bool {
+    let input = BufferQueue::default();
+    let mut rest = text;
+    while !rest.is_empty() {
+        if Instant::now() > deadline {
+            return true;
+        }
+        let mut cut = rest.len().min(FEED_CHUNK_BYTES);
+        while !rest.is_char_boundary(cut) {
+            cut += 1;
+        }
+        input.push_back(StrTendril::from_slice(&rest[..cut]));
+        rest = &rest[cut..];
+        // The collector never asks for a script to run, so feeding always finishes the chunk.
+        let _ = tokenizer.feed(&input);
+    }
+    false
+}
+
+/// The tokenizer's sink: collects what a [`Page`] needs as tags go by.
+struct Collector {
+    state: RefCell<Collected>,
+}
+
+/// What the sink has found so far.
+struct Collected {
+    base: Url,
+    base_seen: bool,
+    /// Raw title text while inside the first `<title>`; `None` before it.
+    title_raw: Option<String>,
+    in_title: bool,
+    /// The raw title ran past its bounded prefix.
+    title_overflow: bool,
+    images: Vec<ImagePair>,
+    img_ordinal: u32,
+    links: Vec<Url>,
+    robots: Vec<String>,
+    tdm_reserved: bool,
+    /// Inside `<picture>`: the first decodable `<source>` candidate seen so far.
+    picture: Option<Option<Url>>,
+    /// Inside `<svg>` or `<math>`, where `<title>`, `<style>` and friends are ordinary elements.
+    foreign_depth: u32,
+    capped: Capped,
+}
+
+impl Collected {
+    fn new(page_url: &Url) -> Self {
+        Collected {
+            base: page_url.clone(),
+            base_seen: false,
+            title_raw: None,
+            in_title: false,
+            title_overflow: false,
+            images: Vec::new(),
+            img_ordinal: 0,
+            links: Vec::new(),
+            robots: Vec::new(),
+            tdm_reserved: false,
+            picture: None,
+            foreign_depth: 0,
+            capped: Capped::default(),
         }
     }
-    page
+
+    /// The collapsed, capped title and whether it was cut.
+    fn title(&self) -> (Option<String>, bool) {
+        let Some(raw) = &self.title_raw else {
+            return (None, false);
+        };
+        let mut title = collapse_ws(raw);
+        let cut = truncate_at_char(&mut title, MAX_TITLE_BYTES) || self.title_overflow;
+        ((!title.is_empty()).then_some(title), cut)
+    }
+
+    /// Handles one start or end tag; returns the tokenizer state the element's content needs.
+    fn tag(&mut self, tag: &Tag) -> TokenSinkResult<()> {
+        let name: &str = &tag.name;
+        if tag.kind == TagKind::EndTag {
+            match name {
+                "title" => self.in_title = false,
+                "picture" => self.picture = None,
+                "svg" | "math" => self.foreign_depth = self.foreign_depth.saturating_sub(1),
+                _ => {}
+            }
+            return TokenSinkResult::Continue;
+        }
+        match name {
+            "svg" | "math" if !tag.self_closing => self.foreign_depth += 1,
+            "base" if !self.base_seen => self.base_href(tag),
+            "img" => self.img(tag),
+            "source" => self.source(tag),
+            "picture" => self.picture = Some(None),
+            "a" | "area" => self.link(tag),
+            "meta" => self.meta(tag),
+            _ => {}
+        }
+        if self.foreign_depth > 0 {
+            return TokenSinkResult::Continue;
+        }
+        // The content models the tree builder would switch the tokenizer into (scripting on,
+        // as browsers and html5ever's default), so markup inside them is text, not elements.
+        match name {
+            "title" if self.title_raw.is_none() => {
+                self.title_raw = Some(String::new());
+                self.in_title = true;
+                TokenSinkResult::RawData(RawKind::Rcdata)
+            }
+            "title" | "textarea" => TokenSinkResult::RawData(RawKind::Rcdata),
+            "script" => TokenSinkResult::RawData(RawKind::ScriptData),
+            "style" | "xmp" | "iframe" | "noembed" | "noframes" | "noscript" => {
+                TokenSinkResult::RawData(RawKind::Rawtext)
+            }
+            "plaintext" => TokenSinkResult::Plaintext,
+            _ => TokenSinkResult::Continue,
+        }
+    }
+
+    /// Appends title text, keeping a bounded raw prefix (collapsing may shorten it a lot).
+    fn title_text(&mut self, text: &str) {
+        if !self.in_title {
+            return;
+        }
+        if let Some(raw) = &mut self.title_raw {
+            let room = (MAX_TITLE_BYTES * 4).saturating_sub(raw.len());
+            let part = prefix_at_char(text, room);
+            self.title_overflow |= part.len() < text.len();
+            raw.push_str(part);
+        }
+    }
+
+    /// The first `<base href>` sets the base for what follows; an unusable one is ignored.
+    fn base_href(&mut self, tag: &Tag) {
+        let Some(href) = attr(tag, "href") else {
+            return;
+        };
+        self.base_seen = true;
+        if href.len() > MAX_URL_BYTES {
+            self.capped.long_urls += 1;
+            return;
+        }
+        if let Some(base) = self.base.join(href.trim()).ok().filter(is_http) {
+            if base.as_str().len() <= MAX_URL_BYTES {
+                self.base = base;
+            } else {
+                self.capped.long_urls += 1;
+            }
+        }
+    }
+
+    /// Records one `<img>`: the first decodable `<picture>` source, else its own URL.
+    fn img(&mut self, tag: &Tag) {
+        let position = self.img_ordinal;
+        self.img_ordinal = self.img_ordinal.saturating_add(1);
+        if self.images.len() >= MAX_IMAGES_PER_PAGE {
+            self.capped.extra_images += 1;
+            return;
+        }
+        let from_picture = self.picture.clone().flatten();
+        let Some(url) = from_picture.or_else(|| self.img_url(tag)) else {
+            return;
+        };
+        let mut alt = collapse_ws(attr(tag, "alt").unwrap_or(""));
+        if truncate_at_char(&mut alt, MAX_ALT_BYTES) {
+            self.capped.long_alts += 1;
+        }
+        self.images.push(ImagePair {
+            url,
+            alt,
+            position,
+            width: attr(tag, "width").and_then(parse_pixels),
+            height: attr(tag, "height").and_then(parse_pixels),
+        });
+    }
+
+    /// The URL of a plain `<img>`: largest `srcset` candidate, then lazy attributes, then `src`.
+    fn img_url(&mut self, tag: &Tag) -> Option<Url> {
+        self.srcset_of(tag)
+            .or_else(|| {
+                LAZY_SRC_ATTRS
+                    .iter()
+                    .find_map(|a| attr(tag, a).and_then(|v| self.resolve(v)))
+            })
+            .or_else(|| attr(tag, "src").and_then(|v| self.resolve(v)))
+    }
+
+    /// Inside `<picture>`, the first `<source>` with a decodable type and a usable candidate is
+    /// the one a browser would pick (ignoring media queries).
+    fn source(&mut self, tag: &Tag) {
+        if !matches!(self.picture, Some(None)) {
+            return;
+        }
+        if attr(tag, "type").is_some_and(|t| !is_decodable_type(t)) {
+            return;
+        }
+        if let Some(url) = self.srcset_of(tag) {
+            self.picture = Some(Some(url));
+        }
+    }
+
+    /// The largest usable candidate of an element's lazy or plain `srcset`.
+    fn srcset_of(&mut self, tag: &Tag) -> Option<Url> {
+        SRCSET_ATTRS
+            .iter()
+            .filter_map(|a| attr(tag, a))
+            .find_map(|set| self.largest_candidate(set))
+    }
+
+    /// The largest candidate that resolves to http(s): by width when any candidate has one, else
+    /// by density. Ties keep the first.
+    fn largest_candidate(&mut self, srcset: &str) -> Option<Url> {
+        let candidates = parse_srcset(srcset);
+        let by_width = candidates.iter().any(|c| c.width.is_some());
+        let size = |c: &Candidate<'_>| {
+            if by_width {
+                c.width.unwrap_or(0.0)
+            } else {
+                c.density
+            }
+        };
+        let mut best: Option<(f64, Url)> = None;
+        for c in &candidates {
+            if best.as_ref().is_some_and(|(s, _)| size(c) <= *s) {
+                continue;
+            }
+            if let Some(url) = self.resolve(c.url) {
+                best = Some((size(c), url));
+            }
+        }
+        best.map(|(_, u)| u)
+    }
+
+    /// A link target, while the page's link cap lasts.
+    fn link(&mut self, tag: &Tag) {
+        let Some(href) = attr(tag, "href") else {
+            return;
+        };
+        if self.links.len() >= MAX_LINKS_PER_PAGE {
+            self.capped.extra_links += 1;
+            return;
+        }
+        if let Some(url) = self.resolve(href) {
+            self.links.push(url);
+        }
+    }
+
+    /// `<meta name="robots">` directives and the TDMRep reservation.
+    fn meta(&mut self, tag: &Tag) {
+        let name = attr(tag, "name").map(str::trim).unwrap_or("");
+        let content = attr(tag, "content").unwrap_or("");
+        if name.eq_ignore_ascii_case("robots") {
+            let directives = content
+                .split(',')
+                .map(|d| d.trim().to_ascii_lowercase())
+                .filter(|d| !d.is_empty() && d.len() <= 64);
+            let room = MAX_ROBOTS_DIRECTIVES.saturating_sub(self.robots.len());
+            self.robots.extend(directives.take(room));
+        } else if name.eq_ignore_ascii_case("tdm-reservation") && content.trim() == "1" {
+            self.tdm_reserved = true;
+        }
+    }
+
+    /// [`resolve`] against the current base, refusing (and counting) URLs over the cap.
+    fn resolve(&mut self, reference: &str) -> Option<Url> {
+        if reference.len() > MAX_URL_BYTES {
+            self.capped.long_urls += 1;
+            return None;
+        }
+        let url = resolve(&self.base, reference)?;
+        if url.as_str().len() > MAX_URL_BYTES {
+            self.capped.long_urls += 1;
+            return None;
+        }
+        Some(url)
+    }
+}
+
+impl TokenSink for Collector {
+    type Handle = ();
+
+    fn process_token(&self, token: Token, _line: u64) -> TokenSinkResult<()> {
+        let mut state = self.state.borrow_mut();
+        match token {
+            Token::TagToken(tag) => state.tag(&tag),
+            Token::CharacterTokens(text) => {
+                state.title_text(&text);
+                TokenSinkResult::Continue
+            }
+            _ => TokenSinkResult::Continue,
+        }
+    }
+}
+
+/// The value of a tag's attribute (the tokenizer lower-cases names and drops repeats).
+fn attr<'a>(tag: &'a Tag, name: &str) -> Option<&'a str> {
+    tag.attrs
+        .iter()
+        .find(|a| &*a.name.local == name)
+        .map(|a| &*a.value)
+}
+
+/// Cuts `s` to at most `max` bytes at a character boundary; true when it was cut.
+pub fn truncate_at_char(s: &mut String, max: usize) -> bool {
+    let keep = prefix_at_char(s, max).len();
+    let cut = keep < s.len();
+    s.truncate(keep);
+    cut
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends at a character boundary.
+pub fn prefix_at_char(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
+/// True when a MIME type names an image format `wit download` decodes.
+fn is_decodable_type(mime: &str) -> bool {
+    let mime = mime.trim().to_ascii_lowercase();
+    DECODABLE_TYPES.contains(&mime.as_str())
 }
 
 /// Decodes page bytes to text, returning the encoding used.
@@ -205,68 +622,6 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The document's base URL: the first `<base href>` resolved against the page URL.
-fn find_base(doc: &Html, page_url: &Url) -> Url {
-    doc.root_element()
-        .descendent_elements()
-        .find(|el| el.value().name() == "base" && el.attr("href").is_some())
-        .and_then(|el| page_url.join(el.attr("href")?.trim()).ok())
-        .filter(is_http)
-        .unwrap_or_else(|| page_url.clone())
-}
-
-/// The pair for one `<img>`, or `None` when no http(s) URL can be found for it.
-fn image_pair(img: ElementRef<'_>, base: &Url, position: u32) -> Option<ImagePair> {
-    let url = picture_source(img, base).or_else(|| img_url(img, base))?;
-    Some(ImagePair {
-        url,
-        alt: collapse_ws(img.attr("alt").unwrap_or("")),
-        position,
-        width: img.attr("width").and_then(parse_pixels),
-        height: img.attr("height").and_then(parse_pixels),
-    })
-}
-
-/// For an `<img>` inside `<picture>`: the largest candidate of the first `<source>` with a
-/// decodable type (the one a browser would pick, ignoring media queries).
-fn picture_source(img: ElementRef<'_>, base: &Url) -> Option<Url> {
-    let picture = img.parent().and_then(ElementRef::wrap)?;
-    if picture.value().name() != "picture" {
-        return None;
-    }
-    picture
-        .child_elements()
-        .filter(|s| s.value().name() == "source")
-        .filter(|s| s.attr("type").is_none_or(is_decodable_type))
-        .find_map(|s| srcset_of(s, base))
-}
-
-/// True when a MIME type names an image format `wit download` decodes.
-fn is_decodable_type(mime: &str) -> bool {
-    let mime = mime.trim().to_ascii_lowercase();
-    DECODABLE_TYPES.contains(&mime.as_str())
-}
-
-/// The URL of a plain `<img>`: largest `srcset` candidate, then lazy attributes, then `src`.
-fn img_url(img: ElementRef<'_>, base: &Url) -> Option<Url> {
-    srcset_of(img, base)
-        .or_else(|| {
-            LAZY_SRC_ATTRS
-                .iter()
-                .find_map(|a| img.attr(a).and_then(|v| resolve(base, v)))
-        })
-        .or_else(|| img.attr("src").and_then(|v| resolve(base, v)))
-}
-
-/// The largest usable candidate of an element's lazy or plain `srcset`.
-fn srcset_of(el: ElementRef<'_>, base: &Url) -> Option<Url> {
-    LAZY_SRCSET_ATTRS
-        .iter()
-        .chain(std::iter::once(&"srcset"))
-        .filter_map(|a| el.attr(a))
-        .find_map(|set| largest_candidate(set, base))
-}
-
 /// One parsed `srcset` candidate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate<'a> {
@@ -279,11 +634,11 @@ pub struct Candidate<'a> {
 }
 
 /// Parses a `srcset` attribute following the HTML spec's tokenisation (URLs may contain commas;
-/// a comma directly after a URL ends the candidate).
+/// a comma directly after a URL ends the candidate), at most [`MAX_SRCSET_CANDIDATES`] of them.
 pub fn parse_srcset(srcset: &str) -> Vec<Candidate<'_>> {
     let mut out = Vec::new();
     let mut rest = srcset;
-    loop {
+    while out.len() < MAX_SRCSET_CANDIDATES {
         rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ',');
         if rest.is_empty() {
             return out;
@@ -302,6 +657,7 @@ pub fn parse_srcset(srcset: &str) -> Vec<Candidate<'_>> {
         };
         out.push(candidate(url, descriptors));
     }
+    out
 }
 
 /// Index of the comma ending the descriptors (commas inside parentheses do not count).
@@ -336,33 +692,6 @@ fn candidate<'a>(url: &'a str, descriptors: &str) -> Candidate<'a> {
     c
 }
 
-/// The largest candidate that resolves to http(s): by width when any candidate has one, else by
-/// density. Ties keep the first.
-fn largest_candidate(srcset: &str, base: &Url) -> Option<Url> {
-    let usable: Vec<(Candidate<'_>, Url)> = parse_srcset(srcset)
-        .into_iter()
-        .filter_map(|c| resolve(base, c.url).map(|u| (c, u)))
-        .collect();
-    let by_width = usable.iter().any(|(c, _)| c.width.is_some());
-    let size = |c: &Candidate<'_>| {
-        if by_width {
-            c.width.unwrap_or(0.0)
-        } else {
-            c.density
-        }
-    };
-    usable
-        .into_iter()
-        .reduce(|best, next| {
-            if size(&next.0) > size(&best.0) {
-                next
-            } else {
-                best
-            }
-        })
-        .map(|(_, u)| u)
-}
-
 /// Resolves a reference against the base, keeping only http(s) results (drops `data:`,
 /// `javascript:`, `mailto:`, and unparsable references).
 pub fn resolve(base: &Url, reference: &str) -> Option<Url> {
@@ -390,35 +719,9 @@ fn parse_pixels(value: &str) -> Option<u32> {
     })
 }
 
-/// Directives of a `<meta name="robots" content="...">` element.
-fn meta_robots(meta: ElementRef<'_>) -> Vec<String> {
-    let is_robots = meta
-        .attr("name")
-        .is_some_and(|n| n.trim().eq_ignore_ascii_case("robots"));
-    if !is_robots {
-        return Vec::new();
-    }
-    meta.attr("content")
-        .unwrap_or("")
-        .split(',')
-        .map(|d| d.trim().to_ascii_lowercase())
-        .filter(|d| !d.is_empty())
-        .collect()
-}
-
-/// All text under an element.
-fn text_of(el: ElementRef<'_>) -> String {
-    el.text().collect()
-}
-
 /// Collapses runs of whitespace into one space and trims the ends.
 pub fn collapse_ws(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// `Some(s)` unless `s` is empty.
-fn non_empty(s: String) -> Option<String> {
-    (!s.is_empty()).then_some(s)
 }
 
 #[cfg(test)]
@@ -638,5 +941,124 @@ mod tests {
         assert!(page.truncated);
         let alts: Vec<_> = page.images.iter().map(|p| p.alt.as_str()).collect();
         assert_eq!(alts, ["first"]);
+    }
+
+    #[test]
+    fn markup_inside_script_style_and_noscript_is_text() {
+        let page = extract(
+            br#"<script>var s = '<img src="s.jpg" alt="script">';</script>
+                <style>/* <img src="c.jpg" alt="css"> */</style>
+                <noscript><img src="n.jpg" alt="noscript"></noscript>
+                <textarea><a href="/t">t</a></textarea>
+                <img src="real.jpg" alt="real">"#,
+            None,
+            &page_url(),
+        );
+        let alts: Vec<_> = page.images.iter().map(|p| p.alt.as_str()).collect();
+        assert_eq!(alts, ["real"]);
+        assert_eq!(page.images[0].position, 0);
+        assert!(page.links.is_empty());
+    }
+
+    #[test]
+    fn svg_title_does_not_swallow_the_page() {
+        let page = extract(
+            br#"<svg><title>icon</svg><title>Real</title><img src=a.jpg alt=after>"#,
+            None,
+            &page_url(),
+        );
+        assert_eq!(page.images.len(), 1);
+    }
+
+    #[test]
+    fn tdm_reservation_meta_marks_the_page() {
+        let reserved = extract(
+            br#"<meta name="TDM-Reservation" content=" 1 "><img src=a.jpg alt=a>"#,
+            None,
+            &page_url(),
+        );
+        assert!(reserved.tdm_reserved);
+        let open = extract(
+            br#"<meta name="tdm-reservation" content="0"><img src=a.jpg alt=a>"#,
+            None,
+            &page_url(),
+        );
+        assert!(!open.tdm_reserved);
+    }
+
+    #[test]
+    fn long_strings_are_cut_or_dropped_and_counted() {
+        let long = "x".repeat(MAX_URL_BYTES + 1);
+        let title = "é".repeat(MAX_TITLE_BYTES * 10);
+        let alt = "ü".repeat(MAX_ALT_BYTES);
+        let html = format!(
+            r#"<title>{title}</title><base href="http://b.test/{long}">
+               <img src="{long}.jpg" alt="long url"><img src="ok.jpg" alt="{alt}">
+               <img srcset="{long} 2x, small.jpg 1x" alt="set"><a href="/{long}">l</a>"#
+        );
+        let page = extract(html.as_bytes(), None, &page_url());
+        let t = page.title.as_deref().unwrap();
+        assert!(t.len() <= MAX_TITLE_BYTES && t.len() > MAX_TITLE_BYTES - 2);
+        assert_eq!(page.base, page_url(), "an over-long base is ignored");
+        let got: Vec<_> = page.images.iter().map(|i| i.url.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "http://example.com/dir/ok.jpg",
+                "http://example.com/dir/small.jpg"
+            ]
+        );
+        assert!(page.images[0].alt.len() <= MAX_ALT_BYTES);
+        assert!(page.links.is_empty());
+        let c = page.capped;
+        assert_eq!((c.long_titles, c.long_alts), (1, 1));
+        assert_eq!(c.long_urls, 4, "base, src, srcset candidate, href");
+    }
+
+    #[test]
+    fn images_and_links_per_page_are_capped() {
+        let html = "<img src=i.jpg alt=i><a href=l>l</a>".repeat(MAX_LINKS_PER_PAGE + 10);
+        let page = extract(html.as_bytes(), None, &page_url());
+        assert_eq!(page.images.len(), MAX_IMAGES_PER_PAGE);
+        assert_eq!(page.links.len(), MAX_LINKS_PER_PAGE);
+        let c = page.capped;
+        assert_eq!(
+            (c.extra_images, c.extra_links),
+            ((MAX_LINKS_PER_PAGE + 10 - MAX_IMAGES_PER_PAGE) as u64, 10)
+        );
+    }
+
+    /// Deep nesting then many `</p>`: a tree builder walks the open elements for each `</p>`
+    /// (depth × tags); the tokenizer is linear.
+    #[test]
+    fn deep_nesting_then_many_end_tags_is_linear() {
+        let mut html = "<div>".repeat(100_000);
+        html.push_str(&"</p>".repeat(100_000));
+        html.push_str("<img src=end.jpg alt=end>");
+        let started = Instant::now();
+        let page = extract(html.as_bytes(), None, &page_url());
+        assert_eq!(page.images.len(), 1);
+        assert!(!page.timed_out);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_page_past_the_deadline_keeps_what_was_found() {
+        let mut html = "<img src=a.jpg alt=first>".to_string();
+        html.push_str(&" ".repeat(FEED_CHUNK_BYTES * 2));
+        html.push_str("<img src=b.jpg alt=late>");
+        let page = extract_within(
+            html.as_bytes(),
+            None,
+            &page_url(),
+            usize::MAX,
+            Duration::ZERO,
+        );
+        assert!(page.timed_out);
+        assert!(page.images.len() <= 1);
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! `wit crawl` and `wit warc` write it; `wit download` reads it (columns `url`, `caption`,
 //! `page_url`), so one parquet schema ties web extraction to shard building. Rows are buffered
-//! up to a bounded row group and the file appears under its final name only when complete.
+//! up to a bounded row group (by rows and by bytes) and the file appears under its final name
+//! only when complete and durable.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,11 @@ use parquet::file::properties::WriterProperties;
 
 /// Rows per parquet row group: bounds the writer's memory whatever the corpus size.
 pub const DEFAULT_ROW_GROUP_ROWS: usize = 65_536;
+
+/// Text bytes buffered before a row group is flushed, whatever its row count: arrow's `Utf8`
+/// columns have 32-bit offsets (the type img2dataset's parquet uses, so it stays), and one
+/// column of a batch past 2 GiB panics; long strings must not make a row group approach that.
+pub const ROW_GROUP_BYTES: usize = 64 << 20;
 
 /// Errors reading or writing a pairs table.
 #[derive(Debug, thiserror::Error)]
@@ -57,10 +63,10 @@ pub struct Pair {
     pub url: String,
     /// The alt text, used as the caption.
     pub caption: String,
-    /// The page the image was found on.
-    pub page_url: String,
-    /// The page title, when it had one.
-    pub title: Option<String>,
+    /// The page the image was found on (shared by all pairs of the page, not copied per pair).
+    pub page_url: Arc<str>,
+    /// The page title, when it had one (shared by all pairs of the page).
+    pub title: Option<Arc<str>>,
     /// Ordinal of the `<img>` on its page (WAT links: ordinal among the page's links).
     pub position: i32,
     /// The `width` attribute, when given in pixels.
@@ -98,6 +104,9 @@ pub struct PairsWriter {
     schema: SchemaRef,
     extra: usize,
     buffer: Vec<(Pair, Vec<Option<String>>)>,
+    /// Text bytes in `buffer`.
+    buffer_bytes: usize,
+    row_group_bytes: usize,
     row_group_rows: usize,
     written: u64,
 }
@@ -121,6 +130,15 @@ impl PairsWriter {
     }
 
     fn open(path: &Path, row_group_rows: usize, extra: &[String]) -> Result<Self, PairsError> {
+        Self::open_with_bytes(path, row_group_rows, ROW_GROUP_BYTES, extra)
+    }
+
+    fn open_with_bytes(
+        path: &Path,
+        row_group_rows: usize,
+        row_group_bytes: usize,
+        extra: &[String],
+    ) -> Result<Self, PairsError> {
         let tmp = path.with_extension("parquet.tmp");
         let file = File::create(&tmp).map_err(|source| PairsError::Io {
             path: tmp.clone(),
@@ -144,6 +162,8 @@ impl PairsWriter {
             schema,
             extra: extra.len(),
             buffer: Vec::new(),
+            buffer_bytes: 0,
+            row_group_bytes,
             row_group_rows: row_group_rows.max(1),
             written: 0,
         })
@@ -162,9 +182,10 @@ impl PairsWriter {
         mut extra: Vec<Option<String>>,
     ) -> Result<(), PairsError> {
         extra.resize(self.extra, None);
+        self.buffer_bytes += text_bytes(&pair, &extra);
         self.buffer.push((pair, extra));
         self.written += 1;
-        if self.buffer.len() >= self.row_group_rows {
+        if self.buffer.len() >= self.row_group_rows || self.buffer_bytes >= self.row_group_bytes {
             self.flush()?;
         }
         Ok(())
@@ -175,7 +196,8 @@ impl PairsWriter {
         self.written
     }
 
-    /// Writes the remaining rows, closes the file, fsyncs it and renames it to its final name.
+    /// Writes the remaining rows, closes the file, fsyncs it, renames it to its final name and
+    /// fsyncs the folder, so after a crash the table is either whole under its name or absent.
     pub fn finish(mut self) -> Result<u64, PairsError> {
         self.flush()?;
         let file = self
@@ -191,6 +213,7 @@ impl PairsWriter {
         };
         file.sync_all().map_err(io)?;
         std::fs::rename(&self.tmp, &self.path).map_err(io)?;
+        sync_parent(&self.path).map_err(io)?;
         Ok(self.written)
     }
 
@@ -201,6 +224,7 @@ impl PairsWriter {
         }
         let batch = to_batch(&self.buffer, &self.schema);
         self.buffer.clear();
+        self.buffer_bytes = 0;
         let parquet = |source| PairsError::Parquet {
             path: self.tmp.clone(),
             source,
@@ -208,6 +232,22 @@ impl PairsWriter {
         self.writer.write(&batch).map_err(parquet)?;
         self.writer.flush().map_err(parquet)
     }
+}
+
+/// The text bytes one row adds to its row group's string columns.
+fn text_bytes(pair: &Pair, extra: &[Option<String>]) -> usize {
+    let title = pair.title.as_deref().map_or(0, str::len);
+    let extra: usize = extra.iter().flatten().map(String::len).sum();
+    pair.url.len() + pair.caption.len() + pair.page_url.len() + title + extra
+}
+
+/// Fsyncs the folder holding `path`, so a rename into it survives a crash.
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
 }
 
 /// Builds a record batch of pairs (and their extra column values) in `schema`.
@@ -299,8 +339,8 @@ fn from_batch(b: &RecordBatch, path: &Path) -> Result<Vec<Pair>, PairsError> {
         .map(|r| Pair {
             url: url.value(r).to_string(),
             caption: caption.value(r).to_string(),
-            page_url: page_url.value(r).to_string(),
-            title: (!title.is_null(r)).then(|| title.value(r).to_string()),
+            page_url: page_url.value(r).into(),
+            title: (!title.is_null(r)).then(|| title.value(r).into()),
             position: position.value(r),
             width: opt_i(width, r),
             height: opt_i(height, r),
@@ -329,7 +369,7 @@ mod tests {
             url: format!("http://example.com/{i}.jpg"),
             caption: format!("caption {i} ünïcode"),
             page_url: "http://example.com/".into(),
-            title: (i % 2 == 0).then(|| format!("title {i}")),
+            title: (i % 2 == 0).then(|| format!("title {i}").into()),
             position: i,
             width: (i % 3 == 0).then_some(i * 10),
             height: None,
@@ -353,6 +393,30 @@ mod tests {
         assert_eq!(meta, 8);
         let got: Vec<Pair> = read_pairs(&path).unwrap().map(Result::unwrap).collect();
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn row_groups_are_flushed_by_bytes_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pairs.parquet");
+        let mut w = PairsWriter::open_with_bytes(&path, 1000, 10_000, &[]).unwrap();
+        let long = Pair {
+            caption: "c".repeat(3000),
+            ..pair(0)
+        };
+        for _ in 0..10 {
+            w.write(long.clone()).unwrap();
+        }
+        w.finish().unwrap();
+        assert!(!dir.path().join("pairs.parquet.tmp").exists());
+        let groups = parquet::file::reader::SerializedFileReader::new(File::open(&path).unwrap())
+            .map(|r| parquet::file::reader::FileReader::metadata(&r).num_row_groups())
+            .unwrap();
+        assert_eq!(
+            groups, 3,
+            "a group every 4 rows of 3,000+ bytes (10,000-byte budget)"
+        );
+        assert_eq!(read_pairs(&path).unwrap().count(), 10);
     }
 
     #[test]

@@ -87,6 +87,11 @@ pub enum SkipReason {
     MalformedJson,
     /// A WARC response whose HTTP head does not parse.
     BadHttp,
+    /// A record whose `Content-Length` does not match its block (the records it overran are
+    /// read again from where the next one starts).
+    BadLength,
+    /// A record whose `WARC-Target-URI` is longer than [`html::MAX_URL_BYTES`].
+    LongTargetUri,
     /// The source could not be opened or read.
     SourceFailed,
 }
@@ -101,6 +106,8 @@ impl SkipReason {
             SkipReason::TruncatedRecord => "truncated_record",
             SkipReason::MalformedJson => "malformed_wat_json",
             SkipReason::BadHttp => "bad_http_response",
+            SkipReason::BadLength => "bad_record_length",
+            SkipReason::LongTargetUri => "target_uri_too_long",
             SkipReason::SourceFailed => "source_failed",
         }
     }
@@ -157,6 +164,7 @@ pub fn read_archive<R: Read>(
 
 /// Reads uncompressed records, resynchronising on the next `WARC/` line after damage.
 fn read_plain<B: BufRead>(r: &mut B, max: usize, emit: &mut dyn FnMut(Event)) -> io::Result<()> {
+    let r = &mut Unread::new(r);
     loop {
         match read_record(r, max) {
             Ok(Some(rec)) => emit(Event::Record(rec)),
@@ -231,8 +239,11 @@ fn read_member<R: Read>(
     emit: &mut dyn FnMut(Event),
 ) -> Result<u64, (u64, SkipReason)> {
     let decoder = flate2::bufread::GzDecoder::new(&mut *stream);
-    let mut r = BufReader::with_capacity(64 << 10, decoder);
+    let mut r = Unread::new(BufReader::with_capacity(64 << 10, decoder));
     let mut pending: Option<Record> = None;
+    // Bad records inside the member, counted once it decodes to its end (a member that turns
+    // out corrupt is counted as that alone).
+    let mut bad: Vec<SkipReason> = Vec::new();
     let mut emitted = 0u64;
     loop {
         match read_record(&mut r, max) {
@@ -247,11 +258,20 @@ fn read_member<R: Read>(
                     emit(Event::Record(done));
                     emitted += 1;
                 }
+                bad.into_iter().for_each(|b| emit(Event::Skipped(b)));
                 return Ok(emitted);
             }
             Err(RecordError::Io(_)) => return Err((emitted, SkipReason::CorruptGzip)),
+            // A bad record inside a member that holds several (a whole-file gzip WARC) costs
+            // that record only: read on from the next record start.
+            Err(RecordError::Skip(reason)) if reason != SkipReason::TruncatedRecord => {
+                bad.push(reason);
+                if skip_to_warc_line(&mut r).is_err() {
+                    return Err((emitted, SkipReason::CorruptGzip));
+                }
+            }
             Err(RecordError::Skip(reason)) => {
-                // The member decoded but holds something that is not a record: drain it so
+                // The member ended inside a record (or its gzip stream is cut): drain it so
                 // the next member starts cleanly, and only count the bad record.
                 return match io::copy(&mut r, &mut io::sink()) {
                     Ok(_) => {
@@ -259,7 +279,8 @@ fn read_member<R: Read>(
                             emit(Event::Record(done));
                             emitted += 1;
                         }
-                        emit(Event::Skipped(reason));
+                        bad.push(reason);
+                        bad.into_iter().for_each(|b| emit(Event::Skipped(b)));
                         Ok(emitted)
                     }
                     Err(_) => Err((emitted, SkipReason::CorruptGzip)),
@@ -316,8 +337,9 @@ impl From<io::Error> for RecordError {
     }
 }
 
-/// Reads one record; `Ok(None)` at a clean end of stream.
-fn read_record<B: BufRead>(r: &mut B, max: usize) -> Result<Option<Record>, RecordError> {
+/// Reads one record; `Ok(None)` at a clean end of stream. When the record is damaged but the
+/// bytes it took hold the start of the next record, those bytes are put back first.
+fn read_record<B: BufRead>(r: &mut Unread<B>, max: usize) -> Result<Option<Record>, RecordError> {
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -339,10 +361,19 @@ fn read_record<B: BufRead>(r: &mut B, max: usize) -> Result<Option<Record>, Reco
     let mut content = Vec::with_capacity(keep as usize);
     r.by_ref().take(keep).read_to_end(&mut content)?;
     let dropped = io::copy(&mut r.by_ref().take(length - keep), &mut io::sink())?;
-    if content.len() as u64 + dropped < length {
-        return Err(RecordError::Skip(SkipReason::TruncatedRecord));
+    let complete = content.len() as u64 + dropped == length;
+    if !complete || read_trailer(r).is_err() {
+        // A wrong length: a too-long one swallowed the records after it (give them back), a
+        // too-short one left the rest of the block in the stream (skipped by the caller).
+        return Err(match record_start(&content) {
+            Some(at) => {
+                r.unread(&content[at..]);
+                RecordError::Skip(SkipReason::BadLength)
+            }
+            None if !complete => RecordError::Skip(SkipReason::TruncatedRecord),
+            None => RecordError::Skip(SkipReason::BadLength),
+        });
     }
-    read_trailer(r)?;
     let get = |name| header(&headers, name).map(str::to_string);
     Ok(Some(Record {
         warc_type: get("warc-type").unwrap_or_default(),
@@ -359,8 +390,14 @@ fn read_line<B: BufRead>(r: &mut B, line: &mut Vec<u8>) -> io::Result<usize> {
     r.by_ref().take(MAX_HEADER_LINE).read_until(b'\n', line)
 }
 
-/// Reads `Name: value` lines up to the blank line (continuation lines are folded in).
-fn read_headers<B: BufRead>(r: &mut B) -> Result<Vec<(String, String)>, RecordError> {
+/// Where the first record starting inside `block` begins (a `WARC/1.` line), if any.
+fn record_start(block: &[u8]) -> Option<usize> {
+    memchr::memmem::find(block, b"\nWARC/1.").map(|i| i + 1)
+}
+
+/// Reads `Name: value` lines up to the blank line (continuation lines are folded in). A version
+/// line there means this header was cut short: it is put back as the next record's start.
+fn read_headers<B: BufRead>(r: &mut Unread<B>) -> Result<Vec<(String, String)>, RecordError> {
     let mut headers: Vec<(String, String)> = Vec::new();
     let mut line = Vec::new();
     loop {
@@ -370,6 +407,10 @@ fn read_headers<B: BufRead>(r: &mut B) -> Result<Vec<(String, String)>, RecordEr
         }
         if line.trim_ascii().is_empty() {
             return Ok(headers);
+        }
+        if line.starts_with(b"WARC/") {
+            r.unread(&line);
+            return Err(RecordError::Skip(SkipReason::BadHeader));
         }
         if headers.len() >= MAX_HEADER_LINES {
             return Err(RecordError::Skip(SkipReason::BadHeader));
@@ -412,6 +453,67 @@ fn read_trailer<B: BufRead>(r: &mut B) -> Result<(), RecordError> {
         }
     }
     Ok(())
+}
+
+/// A buffered reader that can take bytes back: a record whose length was wrong gives back the
+/// records it swallowed, so one bad record in a stream costs only itself.
+struct Unread<B> {
+    inner: B,
+    front: Vec<u8>,
+    pos: usize,
+}
+
+impl<B: BufRead> Unread<B> {
+    /// Wraps `inner`.
+    fn new(inner: B) -> Self {
+        Unread {
+            inner,
+            front: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// Puts `bytes` back in front of what has not been read yet.
+    fn unread(&mut self, bytes: &[u8]) {
+        let mut front = bytes.to_vec();
+        front.extend_from_slice(&self.front[self.pos..]);
+        self.front = front;
+        self.pos = 0;
+    }
+}
+
+impl<B: BufRead> Read for Unread<B> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = {
+            let avail = self.fill_buf()?;
+            let n = avail.len().min(out.len());
+            out[..n].copy_from_slice(&avail[..n]);
+            n
+        };
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<B: BufRead> BufRead for Unread<B> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos < self.front.len() {
+            return Ok(&self.front[self.pos..]);
+        }
+        if !self.front.is_empty() {
+            self.front = Vec::new();
+            self.pos = 0;
+        }
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amt: usize) {
+        if self.pos < self.front.len() {
+            self.pos = (self.pos + amt).min(self.front.len());
+        } else {
+            self.inner.consume(amt);
+        }
+    }
 }
 
 /// A buffered reader that can remember a position and go back to just after it: the bytes of
@@ -526,6 +628,12 @@ pub struct RecordPairs {
     pub pairs: Vec<Pair>,
     /// True when the record was an HTML response or a WAT page with HTML metadata.
     pub page: bool,
+    /// True when the page reserved text and data mining (TDMRep `<meta>`): no pairs taken.
+    pub opted_out: bool,
+    /// True when only the beginning of the page was used (size or time limit).
+    pub cut: bool,
+    /// What the per-page caps dropped or cut.
+    pub capped: html::Capped,
 }
 
 /// Extracts pairs from one record: HTML `response` records through [`html::extract`], WAT
@@ -551,7 +659,7 @@ fn response_pairs(rec: &Record) -> Result<RecordPairs, SkipReason> {
         .content_type
         .as_deref()
         .is_none_or(|c| c.to_ascii_lowercase().starts_with("application/http"));
-    let Some(page_url) = rec.target_uri.as_deref().and_then(|u| Url::parse(u).ok()) else {
+    let Some(page_url) = target_url(rec.target_uri.as_deref())? else {
         return Ok(RecordPairs::default());
     };
     if !is_http {
@@ -569,21 +677,44 @@ fn response_pairs(rec: &Record) -> Result<RecordPairs, SkipReason> {
     }
     let body = decode_body(&resp)?;
     let page = html::extract(&body, resp.content_type.as_deref(), &page_url);
+    let found = RecordPairs {
+        pairs: Vec::new(),
+        page: true,
+        opted_out: page.tdm_reserved,
+        cut: page.truncated || page.timed_out,
+        capped: page.capped,
+    };
+    if page.tdm_reserved {
+        return Ok(found);
+    }
+    // The page's strings are shared by its pairs, not copied into each.
+    let shared_url: Arc<str> = page_url.as_str().into();
+    let title: Option<Arc<str>> = page.title.as_deref().map(Into::into);
     let pairs = page
         .images
-        .iter()
+        .into_iter()
         .filter(|img| !img.alt.is_empty())
         .map(|img| Pair {
-            url: img.url.to_string(),
-            caption: img.alt.clone(),
-            page_url: page_url.to_string(),
-            title: page.title.clone(),
+            url: img.url.into(),
+            caption: img.alt,
+            page_url: Arc::clone(&shared_url),
+            title: title.clone(),
             position: clamp_i32(img.position),
             width: img.width.map(clamp_i32),
             height: img.height.map(clamp_i32),
         })
         .collect();
-    Ok(RecordPairs { pairs, page: true })
+    Ok(RecordPairs { pairs, ..found })
+}
+
+/// The record's page URL: `None` when absent or unparsable (the record yields nothing), an
+/// error when longer than [`html::MAX_URL_BYTES`] (the record is skipped and counted).
+fn target_url(target: Option<&str>) -> Result<Option<Url>, SkipReason> {
+    match target {
+        Some(t) if t.len() > html::MAX_URL_BYTES => Err(SkipReason::LongTargetUri),
+        Some(t) => Ok(Url::parse(t).ok()),
+        None => Ok(None),
+    }
 }
 
 /// A `u32` as parquet's int32, saturating.
@@ -761,39 +892,77 @@ fn wat_pairs(rec: &Record) -> Result<RecordPairs, SkipReason> {
         .header
         .target_uri
         .or_else(|| rec.target_uri.clone());
-    let Some(page_url) = target.as_deref().and_then(|t| Url::parse(t).ok()) else {
+    let Some(page_url) = target_url(target.as_deref())? else {
         return Ok(RecordPairs::default());
     };
+    let mut capped = html::Capped::default();
     let (base, title) = match html.head {
         Some(h) => (
-            h.base.and_then(|b| page_url.join(b.trim()).ok()),
+            h.base
+                .and_then(|b| capped_url(&mut capped, page_url.join(b.trim()).ok())),
             h.title
                 .map(|t| html::collapse_ws(&t))
                 .filter(|t| !t.is_empty()),
         ),
         None => (None, None),
     };
+    let title: Option<Arc<str>> = title.map(|mut t| {
+        capped.long_titles += u64::from(html::truncate_at_char(&mut t, html::MAX_TITLE_BYTES));
+        t.into()
+    });
     let base = base.unwrap_or_else(|| page_url.clone());
-    let pairs = html
+    let shared_url: Arc<str> = page_url.as_str().into();
+    let mut pairs = Vec::new();
+    let images = html
         .links
         .iter()
-        .filter(|l| l.path.as_deref() == Some("IMG@/src"))
-        .enumerate()
-        .filter_map(|(i, l)| {
-            let alt = html::collapse_ws(l.alt.as_deref()?);
-            let url = html::resolve(&base, l.url.as_deref()?)?;
-            (!alt.is_empty()).then(|| Pair {
-                url: url.to_string(),
-                caption: alt,
-                page_url: page_url.to_string(),
-                title: title.clone(),
-                position: i32::try_from(i).unwrap_or(i32::MAX),
-                width: None,
-                height: None,
-            })
-        })
-        .collect();
-    Ok(RecordPairs { pairs, page: true })
+        .filter(|l| l.path.as_deref() == Some("IMG@/src"));
+    for (i, l) in images.enumerate() {
+        if i >= html::MAX_IMAGES_PER_PAGE {
+            capped.extra_images += 1;
+            continue;
+        }
+        let (Some(alt), Some(reference)) = (l.alt.as_deref(), l.url.as_deref()) else {
+            continue;
+        };
+        let mut alt = html::collapse_ws(alt);
+        let resolved = (reference.len() <= html::MAX_URL_BYTES)
+            .then(|| html::resolve(&base, reference))
+            .flatten();
+        let Some(url) = capped_url(&mut capped, resolved) else {
+            capped.long_urls += u64::from(reference.len() > html::MAX_URL_BYTES);
+            continue;
+        };
+        if alt.is_empty() {
+            continue;
+        }
+        capped.long_alts += u64::from(html::truncate_at_char(&mut alt, html::MAX_ALT_BYTES));
+        pairs.push(Pair {
+            url: url.into(),
+            caption: alt,
+            page_url: Arc::clone(&shared_url),
+            title: title.clone(),
+            position: i32::try_from(i).unwrap_or(i32::MAX),
+            width: None,
+            height: None,
+        });
+    }
+    Ok(RecordPairs {
+        pairs,
+        page: true,
+        capped,
+        ..RecordPairs::default()
+    })
+}
+
+/// `url` unless it is longer than [`html::MAX_URL_BYTES`] (then counted and dropped).
+fn capped_url(capped: &mut html::Capped, url: Option<Url>) -> Option<Url> {
+    let url = url?;
+    if url.as_str().len() > html::MAX_URL_BYTES {
+        capped.long_urls += 1;
+        return None;
+    }
+    Some(url)
 }
 
 /// Settings of an extraction run.
@@ -823,6 +992,13 @@ pub struct WarcSummary {
     pub records: u64,
     /// HTML responses and WAT pages with HTML metadata.
     pub pages: u64,
+    /// Pages whose pairs were not taken because they reserve text and data mining (TDMRep
+    /// `<meta name="tdm-reservation" content="1">`).
+    pub opted_out: u64,
+    /// Pages of which only the beginning was used (over the size or parse-time limit).
+    pub pages_cut: u64,
+    /// What the per-page caps dropped or cut (long URLs, alts, titles; images past the cap).
+    pub capped: html::Capped,
     /// Pairs found, before deduplication.
     pub pairs_found: u64,
     /// Pairs passed on (first occurrence of each (url, alt)).
@@ -983,6 +1159,9 @@ fn extract_batch(batch: Batch) -> BatchOut {
                 match record_pairs(&rec) {
                     Ok(found) => {
                         summary.pages += u64::from(found.page);
+                        summary.opted_out += u64::from(found.opted_out);
+                        summary.pages_cut += u64::from(found.cut);
+                        summary.capped.add(&found.capped);
                         summary.pairs_found += found.pairs.len() as u64;
                         pairs.extend(found.pairs);
                     }
@@ -1035,6 +1214,9 @@ fn add_counts(total: &mut WarcSummary, part: &WarcSummary) {
     total.sources += part.sources;
     total.records += part.records;
     total.pages += part.pages;
+    total.opted_out += part.opted_out;
+    total.pages_cut += part.pages_cut;
+    total.capped.add(&part.capped);
     total.pairs_found += part.pairs_found;
     total.skipped += part.skipped;
     for (k, v) in &part.skipped_by_reason {
@@ -1362,5 +1544,90 @@ mod tests {
         );
         let (got, _) = run(&rec);
         assert_eq!(got, ["http://c.test/c.jpg chunky"]);
+    }
+
+    /// Eleven records in one gzip member with damage in the middle: a too-long length, a
+    /// too-short length and a header cut short each cost their own record only.
+    #[test]
+    fn a_whole_file_gzip_resynchronises_after_bad_records() {
+        let good = |i: usize| html_response(&format!("http://g{i}.test/"), &format!("g{i}"));
+        let mut plain = Vec::new();
+        for i in 0..11 {
+            let text = String::from_utf8(good(i)).unwrap();
+            let length = |delta: i64| {
+                let at = text.find("Content-Length: ").unwrap() + "Content-Length: ".len();
+                let end = at + text[at..].find('\r').unwrap();
+                let n: i64 = text[at..end].parse().unwrap();
+                format!("{}{}{}", &text[..at], n + delta, &text[end..])
+            };
+            let damaged = match i {
+                3 => length(100),
+                6 => length(-10),
+                8 => {
+                    let cut = text.find("Content-Type").unwrap();
+                    text[..cut].to_string()
+                }
+                _ => text,
+            };
+            plain.extend_from_slice(damaged.as_bytes());
+        }
+        for bytes in [plain.clone(), gz(&plain)] {
+            let (got, summary) = run(&bytes);
+            let alts: Vec<&str> = got.iter().map(|g| g.rsplit(' ').next().unwrap()).collect();
+            assert_eq!(
+                alts,
+                ["g0", "g1", "g2", "g4", "g5", "g7", "g9", "g10"],
+                "{summary:?}"
+            );
+            assert_eq!(summary.skipped, 3, "{summary:?}");
+        }
+    }
+
+    #[test]
+    fn a_length_past_the_end_gives_back_the_records_it_swallowed() {
+        let mut plain = html_response("http://a.test/", "a");
+        let bad = String::from_utf8(html_response("http://b.test/", "b")).unwrap();
+        plain.extend(
+            bad.replacen("Content-Length: ", "Content-Length: 99999", 1)
+                .bytes(),
+        );
+        plain.extend(html_response("http://c.test/", "c"));
+        let (got, summary) = run(&gz(&plain));
+        assert_eq!(got, ["http://a.test/i/a.jpg a", "http://c.test/i/c.jpg c"]);
+        assert_eq!(summary.skipped_by_reason["bad_record_length"], 1);
+    }
+
+    #[test]
+    fn page_strings_are_shared_and_capped_and_tdm_pages_give_nothing() {
+        let title = "t".repeat(html::MAX_TITLE_BYTES * 50);
+        let images = "<img src=i.jpg alt=x>".repeat(100);
+        let body = format!("<title>{title}</title><base href=\"/b/\">{images}");
+        let http = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n{body}");
+        let rec = |uri: &str, block: &[u8]| Record {
+            warc_type: "response".into(),
+            target_uri: Some(uri.into()),
+            content_type: Some("application/http; msgtype=response".into()),
+            payload_type: None,
+            content: block.to_vec(),
+            cut: false,
+        };
+        let found = record_pairs(&rec("http://p.test/", http.as_bytes())).unwrap();
+        assert_eq!(found.pairs.len(), 100);
+        let (first, last) = (&found.pairs[0], &found.pairs[99]);
+        assert!(Arc::ptr_eq(&first.page_url, &last.page_url));
+        assert!(Arc::ptr_eq(
+            first.title.as_ref().unwrap(),
+            last.title.as_ref().unwrap()
+        ));
+        assert_eq!(first.title.as_deref().unwrap().len(), html::MAX_TITLE_BYTES);
+        assert_eq!(found.capped.long_titles, 1);
+
+        let long_uri = format!("http://p.test/{}", "u".repeat(html::MAX_URL_BYTES));
+        let err = record_pairs(&rec(&long_uri, http.as_bytes())).unwrap_err();
+        assert_eq!(err, SkipReason::LongTargetUri);
+
+        let reserved = http.replace("<title>", "<meta name=tdm-reservation content=1><title>");
+        let found = record_pairs(&rec("http://p.test/", reserved.as_bytes())).unwrap();
+        assert!(found.pairs.is_empty() && found.opted_out && found.page);
     }
 }

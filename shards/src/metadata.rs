@@ -234,7 +234,55 @@ fn columns(rows: &[&MetadataRow], extra_columns: &[String]) -> Vec<ArrayRef> {
     cols
 }
 
-/// Writes `rows` (already in key order) as a snappy parquet file to `file`.
+/// Text bytes per record batch handed to the parquet writer: arrow's `Utf8` columns (the type
+/// img2dataset's parquet uses, so it stays) have 32-bit offsets, and one column of a batch past
+/// 2 GiB panics, so a shard of long captions or URLs is encoded a slice at a time.
+const BATCH_TEXT_BYTES: usize = 64 << 20;
+
+/// The text bytes one row adds to its batch's string columns.
+fn text_bytes(r: &MetadataRow) -> usize {
+    let opt = |v: &Option<String>| v.as_deref().map_or(0, str::len);
+    let extra: usize = r.extra.iter().map(|(_, v)| opt(v)).sum();
+    let named: usize = r
+        .optional_strings()
+        .iter()
+        .map(|(_, v)| opt(v))
+        .sum::<usize>()
+        + r.wit_strings().iter().map(|(_, v)| opt(v)).sum::<usize>();
+    extra
+        + named
+        + opt(&r.caption)
+        + opt(&r.error_message)
+        + r.url.len()
+        + r.key.len()
+        + r.status.as_str().len()
+}
+
+/// Splits `rows` into consecutive slices of at most `max_bytes` text bytes (a row larger than
+/// that is a slice of its own).
+fn byte_bounded_slices<'r, 'a>(
+    rows: &'r [&'a MetadataRow],
+    max_bytes: usize,
+) -> impl Iterator<Item = &'r [&'a MetadataRow]> {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= rows.len() {
+            return None;
+        }
+        let mut end = start;
+        let mut bytes = 0;
+        while end < rows.len() && (end == start || bytes + text_bytes(rows[end]) <= max_bytes) {
+            bytes += text_bytes(rows[end]);
+            end += 1;
+        }
+        let slice = &rows[start..end];
+        start = end;
+        Some(slice)
+    })
+}
+
+/// Writes `rows` (already in key order) as a snappy parquet file to `file`, a batch of at most
+/// [`BATCH_TEXT_BYTES`] text bytes at a time.
 pub(crate) fn write_parquet(
     file: File,
     path: &Path,
@@ -246,13 +294,19 @@ pub(crate) fn write_parquet(
         source,
     };
     let schema = Arc::new(schema(extra_columns));
-    let batch = RecordBatch::try_new(schema.clone(), columns(rows, extra_columns))
-        .map_err(|e| perr(e.into()))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .build();
-    let mut writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(perr)?;
-    writer.write(&batch).map_err(perr)?;
+    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(perr)?;
+    let empty: &[&MetadataRow] = &[];
+    let mut slices = byte_bounded_slices(rows, BATCH_TEXT_BYTES).peekable();
+    // An empty shard still gets its schema and one (empty) batch, as before.
+    let first = slices.peek().is_none().then_some(empty);
+    for slice in first.into_iter().chain(slices) {
+        let batch = RecordBatch::try_new(schema.clone(), columns(slice, extra_columns))
+            .map_err(|e| perr(e.into()))?;
+        writer.write(&batch).map_err(perr)?;
+    }
     writer.into_inner().map_err(perr)
 }
 
@@ -418,6 +472,30 @@ fn rows_of(batch: &RecordBatch) -> Result<Vec<MetadataRow>, String> {
 mod tests {
     use super::*;
     use crate::record::{EncodedImage, ImageFormat};
+
+    #[test]
+    fn batches_are_bounded_by_text_bytes() {
+        let row = |caption: &str| MetadataRow {
+            caption: Some(caption.to_string()),
+            ..MetadataRow::from_record(0, 0, &SampleRecord::default(), &ShardConfig::default())
+        };
+        let long = row(&"c".repeat(1000));
+        let short = row("");
+        let rows = [&long, &short, &long, &long, &short];
+        let lens: Vec<usize> = byte_bounded_slices(&rows, 2100).map(<[_]>::len).collect();
+        assert_eq!(lens, [3, 2], "every row kept, no slice past the budget");
+        let lens: Vec<usize> = byte_bounded_slices(&rows, 10).map(<[_]>::len).collect();
+        assert_eq!(
+            lens,
+            [1, 1, 1, 1, 1],
+            "a row over the budget is a slice of its own"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.parquet");
+        write_parquet(File::create(&path).unwrap(), &path, &rows, &[]).unwrap();
+        assert_eq!(read_metadata(&path).unwrap().len(), 5);
+    }
 
     #[test]
     fn json_member_is_indented_and_in_column_order() {

@@ -329,7 +329,7 @@ fn input_row(pair: &Pair) -> InputRow {
     InputRow {
         url: pair.url.clone(),
         caption: Some(pair.caption.clone()),
-        page_url: Some(pair.page_url.clone()),
+        page_url: Some(pair.page_url.to_string()),
         extra: Vec::new(),
     }
 }
