@@ -354,7 +354,7 @@ impl Fetcher {
 
     /// Fetches robots.txt per RFC 9309: up to `max_redirects` hops, 2xx parsed (off the async
     /// workers: a 512 KiB file is real CPU), 4xx allow all, 5xx/429 and every failure to get an
-    /// answer (timeout, network error, refused address) disallow all.
+    /// answer (timeout, network error) disallow all.
     async fn fetch_robots(&self, origin: &str) -> RobotsRules {
         let token = self.inner.cfg.user_agent_token.clone();
         let limit = BodyLimit {
@@ -364,6 +364,9 @@ impl Fetcher {
         let raw = match self.get_well_known(origin, "/robots.txt", limit).await {
             Ok(Some(raw)) => raw,
             Ok(None) => return RobotsRules::AllowAll,
+            // The guard refused the address: nothing was contacted. The origin's own URLs fail
+            // as blocked anyway; a robots.txt redirected to a refused address is the site's doing.
+            Err(FetchError::Blocked(_)) => return RobotsRules::AllowAll,
             Err(e) => {
                 tracing::debug!("robots.txt of {origin} unreachable ({e}): disallowing");
                 return RobotsRules::Unreachable(unreachable_reason(&e));
@@ -556,7 +559,6 @@ fn unreachable_reason(err: &FetchError) -> String {
     match err {
         FetchError::Timeout(_) => "timed out".into(),
         FetchError::Connect(why) => why.clone(),
-        FetchError::Blocked(_) => "its address is refused by the SSRF guard".into(),
         FetchError::Body => "the body broke off".into(),
         other => other.to_string(),
     }

@@ -20,7 +20,7 @@ use url::Url;
 pub enum RobotsRules {
     /// No usable robots.txt (4xx, too many redirects): everything is allowed (RFC 9309 §2.3.1.3).
     AllowAll,
-    /// robots.txt could not be reached (5xx, 429, network error, timeout, refused address):
+    /// robots.txt could not be reached (5xx, 429, network error, timeout):
     /// complete disallow (RFC 9309 §2.3.1.4). Holds why, for the status row's message.
     Unreachable(String),
     /// A parsed robots.txt.
