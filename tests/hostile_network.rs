@@ -51,11 +51,12 @@ fn download_args(list: &str, out: &str, extra: &[&str]) -> Vec<String> {
         "caption",
         "--allow-net",
         "127.0.0.1/32",
-        "--timeout",
-        "3",
     ]
     .map(String::from)
     .to_vec();
+    if !extra.contains(&"--timeout") {
+        args.extend(["--timeout".to_string(), "3".to_string()]);
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
@@ -82,6 +83,12 @@ fn download(urls: &[String], extra: &[&str]) -> (Vec<MetadataRow>, tempfile::Tem
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let run = wit_capped(&args, ADDRESS_SPACE, 120);
     run.assert_bounded(MAX_RSS, Duration::from_secs(90));
+    eprintln!(
+        "{} URLs: peak RSS {} MiB, {:?}",
+        urls.len(),
+        run.peak_rss_bytes >> 20,
+        run.wall
+    );
     let got = rows(&out);
     assert_eq!(got.len(), urls.len(), "one status row per input row");
     (got, dir)
