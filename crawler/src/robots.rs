@@ -436,7 +436,7 @@ impl TdmRep {
                 reserved: e.reservation == 1 || e.reservation == "1",
             })
             .collect();
-        rules.sort_by(|a, b| b.location.len().cmp(&a.location.len()));
+        rules.sort_by_key(|r| std::cmp::Reverse(r.location.len()));
         TdmRep { rules }
     }
 
