@@ -8,6 +8,7 @@ mod crawl;
 mod curate;
 mod download;
 mod hostile_pages;
+mod hostile_network;
 mod stats;
 mod testweb;
 mod train;

@@ -349,7 +349,7 @@ impl State<'_> {
                 self.progress.not_html += 1;
                 return Ok(());
             }
-            Err(FetchError::DisallowedByRobots) => {
+            Err(FetchError::DisallowedByRobots | FetchError::RobotsUnreachable(_)) => {
                 self.progress.disallowed_by_robots += 1;
                 return Ok(());
             }

@@ -3,28 +3,43 @@
 //! retries with backoff and jitter, `Retry-After`).
 //!
 //! Redirects are followed here rather than by reqwest so that each hop is checked against the
-//! net policy and robots.txt before any byte is sent to it.
+//! net policy, robots.txt and TDMRep before any byte is sent to it. The client itself, the
+//! per-hop target check and the retry policy come from `wit-net`, shared with every other
+//! HTTP client in wit.
 
-use crate::net::{BlockedAddress, GuardedResolver, NetPolicy};
-use crate::robots::{origin_key, x_robots_opt_out, RobotsCache, RobotsRules};
+use crate::net::{
+    backoff, check_target, client_builder, find_source, redirect_target, retry_after,
+    BlockedAddress, HttpConfig, NetError, NetPolicy,
+};
+use crate::robots::{
+    origin_key, tdm_header_reserved, x_robots_opt_out, OriginCache, RobotsRules, TdmRep,
+    TDMREP_MAX_BYTES,
+};
 use bytes::{Bytes, BytesMut};
 use ipnet::IpNet;
-use reqwest::header::{HeaderMap, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use reqwest::header::{HeaderMap, CONTENT_TYPE};
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use url::{Host, Url};
+use url::Url;
 use wit_shards::Status;
 
-/// The longest `Retry-After` wit waits for before a retry; longer requests are capped to it.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+pub use crate::net::MAX_RETRY_AFTER;
+
 /// The largest robots.txt prefix parsed (RFC 9309 asks parsers to read at least 500 KiB).
 const ROBOTS_MAX_BYTES: u64 = 512 * 1024;
-/// Origins whose robots.txt stays cached (bounded for flat memory on huge URL lists).
+/// Origins whose robots.txt (and, separately, tdmrep.json) stays cached.
 const ROBOTS_CACHE_ORIGINS: usize = 100_000;
+/// Bytes of parsed robots.txt rules (and, separately, TDMRep rules) kept cached: one hostile
+/// file costs at most its 512 KiB prefix plus a small per-rule overhead, and the whole cache
+/// stays under this however many origins or rules a run meets.
+const ROBOTS_CACHE_BYTES: usize = 64 << 20;
+/// What the status row says when a TDMRep `tdm-reservation: 1` header opted a response out.
+pub const TDM_HEADER_OPT_OUT: &str = "TDMRep: tdm-reservation header";
+/// What the status row says when the origin's `/.well-known/tdmrep.json` reserves the URL.
+pub const TDM_FILE_OPT_OUT: &str = "TDMRep: /.well-known/tdmrep.json";
 
 /// Everything that shapes how wit talks to servers. Built from `--concurrency` and friends.
 #[derive(Clone, Debug)]
@@ -53,6 +68,8 @@ pub struct FetchConfig {
     pub allow_net: Vec<IpNet>,
     /// Whether robots.txt is fetched and obeyed.
     pub respect_robots: bool,
+    /// Whether TDMRep (the `tdm-reservation` header and `/.well-known/tdmrep.json`) is obeyed.
+    pub respect_tdmrep: bool,
     /// `X-Robots-Tag` directives that opt a response out (lower case).
     pub disallowed_header_directives: Vec<String>,
 }
@@ -72,6 +89,7 @@ impl Default for FetchConfig {
             user_agent_token: "wit".into(),
             allow_net: Vec::new(),
             respect_robots: true,
+            respect_tdmrep: true,
             disallowed_header_directives: ["noai", "noimageai", "noindex", "noimageindex"]
                 .map(String::from)
                 .to_vec(),
@@ -118,8 +136,11 @@ pub enum FetchError {
     /// robots.txt disallows the URL for our user agent token.
     #[error("disallowed by robots.txt (pass --ignore-robots to override)")]
     DisallowedByRobots,
-    /// An `X-Robots-Tag` directive opted the response out.
-    #[error("opted out by X-Robots-Tag: {0}")]
+    /// robots.txt could not be reached, which RFC 9309 §2.3.1.4 reads as complete disallow.
+    #[error("disallowed: robots.txt unreachable ({0}), which RFC 9309 reads as complete disallow (pass --ignore-robots to override)")]
+    RobotsUnreachable(String),
+    /// The site opted the response out: `X-Robots-Tag: <directive>` or TDMRep.
+    #[error("opted out by {0}")]
     OptedOut(String),
     /// No complete answer within the timeout.
     #[error("timed out after {0:?} (raise --timeout for slow servers)")]
@@ -151,7 +172,9 @@ impl FetchError {
     /// The status row this failure becomes.
     pub fn status(&self) -> Status {
         match self {
-            FetchError::DisallowedByRobots => Status::DisallowedByRobots,
+            FetchError::DisallowedByRobots | FetchError::RobotsUnreachable(_) => {
+                Status::DisallowedByRobots
+            }
             FetchError::OptedOut(_) => Status::OptedOut,
             _ => Status::FailedToDownload,
         }
@@ -185,17 +208,18 @@ impl FetchError {
     }
 }
 
-fn find_source<'a, T: std::error::Error + 'static>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(found) = e.downcast_ref::<T>() {
-            return Some(found);
+impl From<NetError> for FetchError {
+    fn from(err: NetError) -> FetchError {
+        match err {
+            NetError::UnsupportedScheme(s) => FetchError::UnsupportedScheme(s),
+            NetError::NoHost(u) => FetchError::InvalidUrl(format!("{u} has no host")),
+            NetError::Blocked(b) => FetchError::Blocked(b),
+            NetError::Redirect(r) => FetchError::BadRedirect(r),
+            NetError::Http(s) => FetchError::Http(s),
+            NetError::Transport(t) => FetchError::Connect(t),
+            NetError::Client(c) => FetchError::Client(c),
         }
-        current = e.source();
     }
-    None
 }
 
 /// The fetcher: a shared reqwest client plus the politeness and safety state around it.
@@ -211,7 +235,8 @@ struct Inner {
     policy: NetPolicy,
     global: Arc<Semaphore>,
     hosts: HostLimiter,
-    robots: RobotsCache,
+    robots: OriginCache<RobotsRules>,
+    tdmrep: OriginCache<TdmRep>,
 }
 
 /// One answered request, before redirect and status handling.
@@ -232,13 +257,16 @@ impl Fetcher {
     /// Builds the client. Needs a tokio runtime to be running when `fetch` is awaited.
     pub fn new(cfg: FetchConfig) -> Result<Fetcher, FetchError> {
         let policy = NetPolicy::new(cfg.allow_net.clone());
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(GuardedResolver::new(policy.clone())))
-            .no_proxy()
-            .user_agent(cfg.user_agent.clone())
-            .connect_timeout(cfg.connect_timeout)
-            .timeout(cfg.timeout)
+        let http = HttpConfig {
+            user_agent: cfg.user_agent.clone(),
+            connect_timeout: cfg.connect_timeout,
+            read_timeout: cfg.timeout,
+            total_timeout: Some(cfg.timeout),
+            retries: cfg.retries,
+            max_redirects: cfg.max_redirects,
+            ..HttpConfig::new(policy.clone())
+        };
+        let client = client_builder(&http)
             .gzip(true)
             .brotli(true)
             .pool_max_idle_per_host(cfg.per_host_concurrency.max(1))
@@ -249,7 +277,8 @@ impl Fetcher {
             inner: Arc::new(Inner {
                 global: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
                 hosts: HostLimiter::new(cfg.per_host_concurrency.max(1), cfg.per_host_delay),
-                robots: RobotsCache::new(ROBOTS_CACHE_ORIGINS),
+                robots: OriginCache::new(ROBOTS_CACHE_ORIGINS, ROBOTS_CACHE_BYTES),
+                tdmrep: OriginCache::new(ROBOTS_CACHE_ORIGINS, ROBOTS_CACHE_BYTES),
                 policy,
                 client,
                 cfg,
@@ -262,8 +291,9 @@ impl Fetcher {
         &self.inner.cfg
     }
 
-    /// Fetches `url`: robots.txt and the SSRF guard on every hop, per-host limits, retries,
-    /// body cap, `X-Robots-Tag` opt-out. Only a 2xx answer is `Ok`.
+    /// Fetches `url`: robots.txt, TDMRep's tdmrep.json and the SSRF guard on every hop, per-host
+    /// limits, retries, body cap, `X-Robots-Tag` and `tdm-reservation` opt-outs. Only a 2xx
+    /// answer is `Ok`.
     pub async fn fetch(&self, url: &Url) -> Result<Fetched, FetchError> {
         let cfg = &self.inner.cfg;
         let limit = BodyLimit {
@@ -272,12 +302,23 @@ impl Fetcher {
         };
         let mut current = url.clone();
         for _ in 0..=cfg.max_redirects {
-            self.check_target(&current)?;
-            if cfg.respect_robots && !self.robots(&current).await.allowed(&current) {
-                return Err(FetchError::DisallowedByRobots);
+            check_target(&current, &self.inner.policy)?;
+            if cfg.respect_robots {
+                match &*self.robots(&current).await {
+                    RobotsRules::Unreachable(why) if !current.path().eq("/robots.txt") => {
+                        return Err(FetchError::RobotsUnreachable(why.clone()));
+                    }
+                    rules if !rules.allowed(&current) => {
+                        return Err(FetchError::DisallowedByRobots);
+                    }
+                    _ => {}
+                }
+            }
+            if cfg.respect_tdmrep && self.tdmrep(&current).await.reserved(&current) {
+                return Err(FetchError::OptedOut(TDM_FILE_OPT_OUT.into()));
             }
             let raw = self.get_with_retries(&current, limit).await?;
-            if let Some(next) = redirect_target(&current, &raw)? {
+            if let Some(next) = redirect_target(&current, raw.status, &raw.headers)? {
                 current = next;
                 continue;
             }
@@ -300,64 +341,90 @@ impl Fetcher {
         let Some(origin) = origin_key(url) else {
             return Arc::new(RobotsRules::AllowAll);
         };
-        let slot = self.inner.robots.slot(&origin);
-        slot.get_or_init(|| async { Arc::new(self.fetch_robots(&origin).await) })
-            .await
-            .clone()
+        let cache = &self.inner.robots;
+        let slot = cache.slot(&origin);
+        slot.get_or_init(|| async {
+            let rules = self.fetch_robots(&origin).await;
+            cache.charge(rules.approx_bytes());
+            Arc::new(rules)
+        })
+        .await
+        .clone()
     }
 
+    /// Fetches robots.txt per RFC 9309: up to `max_redirects` hops, 2xx parsed (off the async
+    /// workers: a 512 KiB file is real CPU), 4xx allow all, 5xx/429 and every failure to get an
+    /// answer (timeout, network error) disallow all.
     async fn fetch_robots(&self, origin: &str) -> RobotsRules {
-        let token = &self.inner.cfg.user_agent_token;
-        let Ok(mut current) = Url::parse(&format!("{origin}/robots.txt")) else {
-            return RobotsRules::AllowAll;
-        };
+        let token = self.inner.cfg.user_agent_token.clone();
         let limit = BodyLimit {
             max: ROBOTS_MAX_BYTES,
             truncate: true,
         };
-        for _ in 0..=self.inner.cfg.max_redirects {
-            if self.check_target(&current).is_err() {
-                return RobotsRules::AllowAll;
+        let raw = match self.get_well_known(origin, "/robots.txt", limit).await {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return RobotsRules::AllowAll,
+            // The guard refused the address: nothing was contacted. The origin's own URLs fail
+            // as blocked anyway; a robots.txt redirected to a refused address is the site's doing.
+            Err(FetchError::Blocked(_)) => return RobotsRules::AllowAll,
+            Err(e) => {
+                tracing::debug!("robots.txt of {origin} unreachable ({e}): disallowing");
+                return RobotsRules::Unreachable(unreachable_reason(&e));
             }
-            let raw = match self.get_with_retries(&current, limit).await {
-                Ok(raw) => raw,
-                Err(e) => {
-                    tracing::debug!("robots.txt of {origin} unreachable ({e}): allowing");
-                    return RobotsRules::AllowAll;
-                }
-            };
-            match redirect_target(&current, &raw) {
-                Ok(Some(next)) => current = next,
-                Ok(None) => return RobotsRules::from_response(raw.status, &raw.body, token),
-                Err(_) => return RobotsRules::AllowAll,
-            }
-        }
-        RobotsRules::AllowAll
+        };
+        tokio::task::spawn_blocking(move || {
+            RobotsRules::from_response(raw.status, &raw.body, &token)
+        })
+        .await
+        .unwrap_or_else(|e| RobotsRules::Unreachable(format!("parsing failed: {e}")))
     }
 
-    /// Refuses non-http(s) schemes and IP-literal hosts outside the net policy before any
-    /// connection; DNS names are checked by the resolver.
-    fn check_target(&self, url: &Url) -> Result<(), FetchError> {
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(FetchError::UnsupportedScheme(url.scheme().to_string()));
-        }
-        let ip = match url.host() {
-            Some(Host::Ipv4(v4)) => IpAddr::V4(v4),
-            Some(Host::Ipv6(v6)) => IpAddr::V6(v6),
-            Some(Host::Domain(_)) => return Ok(()),
-            None => return Err(FetchError::InvalidUrl(format!("{url} has no host"))),
+    /// The TDMRep policies of `url`'s origin (`/.well-known/tdmrep.json`), fetched once and
+    /// cached; no policy when the file is absent, unreachable or unusable (TDMRep §3).
+    pub async fn tdmrep(&self, url: &Url) -> Arc<TdmRep> {
+        let Some(origin) = origin_key(url) else {
+            return Arc::new(TdmRep::default());
         };
-        if self.inner.policy.permits(ip) {
-            Ok(())
-        } else {
-            Err(FetchError::Blocked(
-                BlockedAddress {
-                    host: ip.to_string(),
-                    addrs: ip.to_string(),
-                }
-                .to_string(),
-            ))
+        let cache = &self.inner.tdmrep;
+        let slot = cache.slot(&origin);
+        slot.get_or_init(|| async {
+            let limit = BodyLimit {
+                max: TDMREP_MAX_BYTES,
+                truncate: true,
+            };
+            let policies = match self
+                .get_well_known(&origin, "/.well-known/tdmrep.json", limit)
+                .await
+            {
+                Ok(Some(raw)) if (200..300).contains(&raw.status) => TdmRep::parse(&raw.body),
+                _ => TdmRep::default(),
+            };
+            cache.charge(policies.approx_bytes());
+            Arc::new(policies)
+        })
+        .await
+        .clone()
+    }
+
+    /// GETs an origin's well-known file, following up to `max_redirects` checked hops. `Ok(None)`
+    /// when the redirects run out (RFC 9309 §2.3.1.2: treat as unavailable).
+    async fn get_well_known(
+        &self,
+        origin: &str,
+        path: &str,
+        limit: BodyLimit,
+    ) -> Result<Option<Raw>, FetchError> {
+        let mut current = Url::parse(&format!("{origin}{path}"))
+            .map_err(|e| FetchError::InvalidUrl(e.to_string()))?;
+        for _ in 0..=self.inner.cfg.max_redirects {
+            check_target(&current, &self.inner.policy)?;
+            let raw = self.get_with_retries(&current, limit).await?;
+            match redirect_target(&current, raw.status, &raw.headers)? {
+                Some(next) => current = next,
+                None => return Ok(Some(raw)),
+            }
         }
+        Ok(None)
     }
 
     fn finish(&self, url: Url, raw: Raw) -> Result<Fetched, FetchError> {
@@ -376,7 +443,15 @@ impl Fetcher {
             &cfg.user_agent_token,
             &cfg.disallowed_header_directives,
         ) {
-            return Err(FetchError::OptedOut(directive));
+            return Err(FetchError::OptedOut(format!("X-Robots-Tag: {directive}")));
+        }
+        let tdm = raw
+            .headers
+            .get_all("tdm-reservation")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        if cfg.respect_tdmrep && tdm_header_reserved(tdm) {
+            return Err(FetchError::OptedOut(TDM_HEADER_OPT_OUT.into()));
         }
         let content_type = raw
             .headers
@@ -479,37 +554,14 @@ async fn read_body(
     Ok(body.freeze())
 }
 
-/// The next hop of a redirect response, `None` when `raw` is not a redirect.
-fn redirect_target(current: &Url, raw: &Raw) -> Result<Option<Url>, FetchError> {
-    if !matches!(raw.status, 301 | 302 | 303 | 307 | 308) {
-        return Ok(None);
+/// The stable words a status row gives for a robots.txt that could not be fetched.
+fn unreachable_reason(err: &FetchError) -> String {
+    match err {
+        FetchError::Timeout(_) => "timed out".into(),
+        FetchError::Connect(why) => why.clone(),
+        FetchError::Body => "the body broke off".into(),
+        other => other.to_string(),
     }
-    let location = raw
-        .headers
-        .get(LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| FetchError::BadRedirect(format!("HTTP {} without Location", raw.status)))?;
-    current
-        .join(location)
-        .map(Some)
-        .map_err(|e| FetchError::BadRedirect(format!("Location {location:?}: {e}")))
-}
-
-/// Exponential backoff with ±50 % jitter: 250 ms, 500 ms, 1 s, ... (capped at 30 s).
-fn backoff(attempt: u32) -> Duration {
-    let base = 0.25 * 2f64.powi(attempt.min(7) as i32);
-    let jitter = 0.5 + rand::random::<f64>();
-    Duration::from_secs_f64((base * jitter).min(MAX_RETRY_AFTER.as_secs_f64()))
-}
-
-/// `Retry-After` in seconds (the HTTP-date form is treated as the cap), at most [`MAX_RETRY_AFTER`].
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    let wait = match value.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => MAX_RETRY_AFTER,
-    };
-    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// Per-host concurrency and start spacing. Idle hosts are swept so the map stays small.

@@ -8,7 +8,8 @@ pub mod filter;
 pub mod html;
 pub mod imaging;
 pub mod input;
-pub mod net;
+/// The shared network layer (`wit-net`), under the name the crawler's modules always used.
+pub use wit_net as net;
 pub mod pairs;
 pub mod queries;
 pub mod robots;

@@ -10,7 +10,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -19,7 +18,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::html;
-use crate::net::{GuardedResolver, NetPolicy};
+use crate::net::{open_blocking, HttpConfig, NetPolicy};
 use crate::pairs::Pair;
 
 /// Records larger than this keep only their first bytes (an HTML page is cut anyway; a WAT
@@ -1224,9 +1223,10 @@ fn add_counts(total: &mut WarcSummary, part: &WarcSummary) {
     }
 }
 
-/// Opens a local file, or streams an http(s) URL through the SSRF guard of `policy` (resolved
-/// addresses and every redirect hop are checked, as for downloads). The body is read in chunks
-/// as the archive is parsed, never held whole.
+/// Opens a local file, or streams an http(s) URL through `wit-net` (the SSRF guard on resolved
+/// addresses and every redirect hop, retries, a read timeout and `Range` resumes: a multi-GB
+/// archive survives a dropped connection). The body is read in chunks as the archive is parsed,
+/// never held whole.
 pub fn open_source(
     source: &Source,
     policy: &NetPolicy,
@@ -1236,138 +1236,22 @@ pub fn open_source(
         Source::Path(p) => Ok(Box::new(std::fs::File::open(p).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot open {}: {e}", p.display()))
         })?)),
-        Source::Url(u) => stream_url(u.clone(), policy.clone(), user_agent.to_string()),
-    }
-}
-
-/// Whether a URL may be requested before any connection: http(s), and an IP-literal host must
-/// be permitted (DNS names are checked by the guarded resolver).
-fn target_permitted(url: &Url, policy: &NetPolicy) -> bool {
-    let scheme_ok = matches!(url.scheme(), "http" | "https");
-    scheme_ok
-        && match url.host() {
-            Some(url::Host::Ipv4(v4)) => policy.permits(IpAddr::V4(v4)),
-            Some(url::Host::Ipv6(v6)) => policy.permits(IpAddr::V6(v6)),
-            Some(url::Host::Domain(_)) => true,
-            None => false,
-        }
-}
-
-/// Most redirects followed when streaming an archive URL.
-const MAX_REDIRECTS: usize = 5;
-
-/// Streams a URL's body into a blocking reader, on a thread with its own tokio runtime.
-fn stream_url(url: Url, policy: NetPolicy, user_agent: String) -> io::Result<Box<dyn Read + Send>> {
-    if !target_permitted(&url, &policy) {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("{url} is refused by the SSRF guard; pass --allow-net CIDR to allow it"),
-        ));
-    }
-    let (chunk_tx, chunk_rx) = sync_channel::<io::Result<bytes::Bytes>>(16);
-    let (ready_tx, ready_rx) = sync_channel::<io::Result<()>>(1);
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-        let runtime = match runtime {
-            Ok(rt) => rt,
-            Err(e) => return drop(ready_tx.send(Err(e))),
-        };
-        runtime.block_on(async move {
-            let response = match start_request(&url, policy, &user_agent).await {
-                Ok(r) => r,
-                Err(e) => return drop(ready_tx.send(Err(e))),
+        Source::Url(u) => {
+            let cfg = HttpConfig {
+                user_agent: user_agent.to_string(),
+                connect_timeout: ARCHIVE_CONNECT_TIMEOUT,
+                read_timeout: ARCHIVE_READ_TIMEOUT,
+                ..HttpConfig::new(policy.clone())
             };
-            drop(ready_tx.send(Ok(())));
-            pump_body(response, &chunk_tx).await;
-        });
-    });
-    ready_rx
-        .recv()
-        .map_err(|_| io::Error::other("the download thread ended early"))??;
-    Ok(Box::new(ChannelReader {
-        rx: chunk_rx,
-        current: bytes::Bytes::new(),
-    }))
-}
-
-/// Sends the request (guarded resolver, checked redirects) and checks the status.
-async fn start_request(
-    url: &Url,
-    policy: NetPolicy,
-    user_agent: &str,
-) -> io::Result<reqwest::Response> {
-    let hop_policy = policy.clone();
-    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
-        if attempt.previous().len() >= MAX_REDIRECTS {
-            attempt.error("too many redirects")
-        } else if !target_permitted(attempt.url(), &hop_policy) {
-            attempt.error("redirect refused by the SSRF guard; pass --allow-net CIDR to allow it")
-        } else {
-            attempt.follow()
-        }
-    });
-    let client = reqwest::Client::builder()
-        .redirect(redirects)
-        .dns_resolver(Arc::new(GuardedResolver::new(policy)))
-        .no_proxy()
-        .user_agent(user_agent)
-        .connect_timeout(std::time::Duration::from_secs(30))
-        .read_timeout(std::time::Duration::from_secs(120))
-        .build()
-        .map_err(io::Error::other)?;
-    let response = client
-        .get(url.clone())
-        .send()
-        .await
-        .map_err(|e| io::Error::other(format!("GET {url}: {e}")))?;
-    if !response.status().is_success() {
-        return Err(io::Error::other(format!(
-            "GET {url}: HTTP {}",
-            response.status()
-        )));
-    }
-    Ok(response)
-}
-
-/// Forwards body chunks until the end, an error, or the reader going away.
-async fn pump_body(mut response: reqwest::Response, tx: &SyncSender<io::Result<bytes::Bytes>>) {
-    loop {
-        let next = response.chunk().await;
-        let item = match next {
-            Ok(Some(chunk)) => Ok(chunk),
-            Ok(None) => return,
-            Err(e) => Err(io::Error::other(e)),
-        };
-        let failed = item.is_err();
-        // The channel is bounded: blocking this dedicated thread is the back-pressure that
-        // keeps memory flat.
-        if tx.send(item).is_err() || failed {
-            return;
+            open_blocking(cfg, u.clone(), None)
         }
     }
 }
 
-/// A blocking reader over body chunks arriving on a channel.
-struct ChannelReader {
-    rx: Receiver<io::Result<bytes::Bytes>>,
-    current: bytes::Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.recv() {
-                Ok(chunk) => self.current = chunk?,
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = self.current.len().min(out.len());
-        out[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
-}
+/// Connecting to an archive server (Common Crawl's S3/CloudFront) may take this long.
+const ARCHIVE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Longest silence in an archive body before the connection is dropped and resumed with `Range`.
+const ARCHIVE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 #[cfg(test)]
 mod tests {

@@ -42,8 +42,6 @@ fn node() -> impl Strategy<Value = Node> {
     let leaf = prop_oneof![
         4 => text().prop_map(Node::Text),
         1 => tag.clone().prop_map(Node::StrayEnd),
-        1 => (tag.clone(), 1usize..20_000, tag.clone(), 0usize..20_000)
-            .prop_map(|(a, n, b, m)| Node::Deep(a, n, b, m)),
         1 => proptest::collection::vec(any::<u8>(), 0..64).prop_map(Node::Bytes),
     ];
     leaf.prop_recursive(6, 256, 12, move |inner| {
@@ -90,9 +88,16 @@ fn page() -> impl Strategy<Value = (Vec<u8>, Option<&'static str>)> {
             "text/html",
         ][..],
     ));
-    (proptest::collection::vec(node(), 0..8), charset).prop_map(|(nodes, ct)| {
+    let tag = || proptest::sample::select(TAGS);
+    // One slow shape per page at most, so a page stays a few hundred KB.
+    let deep = proptest::option::weighted(
+        0.3,
+        (tag(), 1usize..20_000, tag(), 0usize..20_000)
+            .prop_map(|(a, n, b, m)| Node::Deep(a, n, b, m)),
+    );
+    (proptest::collection::vec(node(), 0..8), deep, charset).prop_map(|(nodes, deep, ct)| {
         let mut out = b"<!doctype html><html><head>".to_vec();
-        for n in &nodes {
+        for n in nodes.iter().chain(&deep) {
             render(n, &mut out);
         }
         (out, ct)

@@ -7,6 +7,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use proptest::prelude::*;
 use std::io::Write;
+use wit_crawler::html::{MAX_ALT_BYTES, MAX_IMAGES_PER_PAGE, MAX_URL_BYTES};
 use wit_crawler::warc::{read_archive, record_pairs, Event};
 
 #[derive(Debug, Clone)]
@@ -137,18 +138,20 @@ pub(crate) fn check(runner: &mut proptest::test_runner::TestRunner) -> Result<()
             if let Event::Record(rec) = e {
                 responses += usize::from(rec.warc_type == "response" && !rec.cut);
                 if let Ok(found) = record_pairs(&rec) {
-                    let out: usize = found
+                    // A page's URL and title are shared by its pairs (one copy per record);
+                    // each pair's own strings are capped, so a record yields at most the
+                    // per-page image cap times the per-pair caps, whatever its size.
+                    let shared = found.pairs.first().map_or(0, |p| {
+                        p.page_url.len() + p.title.as_deref().map_or(0, str::len)
+                    });
+                    let own: usize = found
                         .pairs
                         .iter()
-                        .map(|p| {
-                            p.url.len()
-                                + p.caption.len()
-                                + p.page_url.len()
-                                + p.title.as_ref().map_or(0, String::len)
-                        })
+                        .map(|p| p.url.len() + p.caption.len())
                         .sum();
-                    if out > 64 * rec.content.len() + (16 << 20) {
-                        worst = Some((out, rec.content.len()));
+                    let cap = MAX_IMAGES_PER_PAGE * (MAX_URL_BYTES + MAX_ALT_BYTES);
+                    if shared + own > 64 * rec.content.len() + cap {
+                        worst = Some((shared + own, rec.content.len()));
                     }
                 }
             }

@@ -30,7 +30,9 @@ pub mod transform;
 pub use error::LoaderError;
 pub use fetch::read_captions;
 pub use loader::{Batch, HardNegatives, Loader, LoaderConfig, LoaderState};
-pub use source::{resolve_shards, DefaultSource, HttpSource, ShardEntry, ShardSource};
+pub use source::{
+    resolve_shards, DefaultSource, HttpSource, ShardEntry, ShardSource, MAX_INDEX_BYTES,
+};
 pub use stats::{LoaderStats, SkipReason};
 pub use tokenizer::{TextTokenizer, CONTEXT_LENGTH};
 pub use transform::{CropMode, ImageOutput, CLIP_MEAN, CLIP_STD};

@@ -7,7 +7,12 @@ use serde::Deserialize;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use url::Url;
+use wit_net::{open_blocking, HttpConfig, NetPolicy};
+
+/// The largest `shardindex.json` read: a million entries of ~60 bytes. A larger (or endless)
+/// index is refused rather than read into memory.
+pub const MAX_INDEX_BYTES: u64 = 64 << 20;
 
 /// Opens shard and index locations as streams. Implement it to read from another store; the
 /// loader only ever reads sequentially from the start, so a plain GET-style API is enough.
@@ -25,25 +30,26 @@ pub struct ShardEntry {
     pub nsamples: Option<u64>,
 }
 
-/// The default source: local files (plain paths or `file://`) and http(s) URLs with retries.
+/// The default source: local files (plain paths or `file://`) and http(s) URLs through
+/// `wit-net` (the SSRF guard, checked redirects, read timeout, retries, `Range` resume).
 #[derive(Debug, Clone)]
 pub struct DefaultSource {
     http: HttpSource,
 }
 
 impl DefaultSource {
-    /// A source whose HTTP side retries each request `retries` times with exponential backoff.
-    pub fn new(retries: u32) -> Self {
+    /// A source whose http(s) side talks to servers as `http` says (policy, timeouts, retries).
+    pub fn new(http: HttpConfig) -> Self {
         DefaultSource {
-            http: HttpSource::new(retries),
+            http: HttpSource::new(http),
         }
     }
 }
 
 impl Default for DefaultSource {
-    /// Three retries: enough to ride out a restarting server without hiding a dead one.
+    /// Public addresses only, `wit-net`'s stream defaults (30 s read timeout, 3 retries).
     fn default() -> Self {
-        DefaultSource::new(3)
+        DefaultSource::new(HttpConfig::new(NetPolicy::default()))
     }
 }
 
@@ -79,107 +85,29 @@ fn local_path(url: &str) -> PathBuf {
     PathBuf::from(url.strip_prefix("file://").unwrap_or(url))
 }
 
-/// http(s) GETs with retries on connection errors, 429 and 5xx, and a body that reconnects with a
-/// `Range` request when the connection drops mid-shard, so one flaky hop does not lose a shard.
+/// http(s) GETs through `wit-net`: a stalled server fails after the read timeout instead of
+/// hanging training, and a body that breaks mid-shard resumes with `Range`.
 #[derive(Debug, Clone)]
 pub struct HttpSource {
-    client: reqwest::blocking::Client,
-    retries: u32,
+    cfg: HttpConfig,
 }
 
 impl HttpSource {
-    /// A client that retries each request `retries` times (backoff 100 ms, doubling).
-    pub fn new(retries: u32) -> Self {
-        let client = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(None)
-            .build()
-            .expect("a TLS backend is compiled in");
-        HttpSource { client, retries }
-    }
-
-    fn get(&self, url: &str, offset: u64) -> Result<reqwest::blocking::Response, String> {
-        let mut last = String::new();
-        for attempt in 0..=self.retries {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(100 << attempt.min(6)));
-            }
-            let mut req = self.client.get(url);
-            if offset > 0 {
-                req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
-            }
-            match req.send() {
-                Ok(r) if r.status().is_success() => return Ok(r),
-                Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
-                    last = format!("HTTP {}", r.status());
-                }
-                Ok(r) => return Err(format!("HTTP {}", r.status())),
-                Err(e) => last = e.to_string(),
-            }
-            tracing::debug!(url, attempt, error = %last, "retrying shard request");
-        }
-        Err(last)
+    /// A source talking to servers as `cfg` says.
+    pub fn new(cfg: HttpConfig) -> Self {
+        HttpSource { cfg }
     }
 
     fn open(&self, url: &str) -> Result<Box<dyn Read + Send>, LoaderError> {
-        let response = self.get(url, 0).map_err(|reason| LoaderError::Open {
+        let open = || {
+            let parsed = Url::parse(url).map_err(|e| e.to_string())?;
+            open_blocking(self.cfg.clone(), parsed, None).map_err(|e| e.to_string())
+        };
+        let body = open().map_err(|reason| LoaderError::Open {
             url: url.into(),
             reason,
         })?;
-        Ok(Box::new(BufReader::with_capacity(
-            1 << 20,
-            ResumingBody {
-                source: self.clone(),
-                url: url.into(),
-                response,
-                offset: 0,
-                reconnects: 0,
-            },
-        )))
-    }
-}
-
-/// An HTTP body that resumes from its byte offset after a dropped connection.
-struct ResumingBody {
-    source: HttpSource,
-    url: String,
-    response: reqwest::blocking::Response,
-    offset: u64,
-    reconnects: u32,
-}
-
-impl ResumingBody {
-    fn reconnect(&mut self, cause: std::io::Error) -> std::io::Result<()> {
-        if self.reconnects >= self.source.retries {
-            return Err(cause);
-        }
-        self.reconnects += 1;
-        tracing::debug!(url = %self.url, offset = self.offset, error = %cause, "resuming shard body");
-        let mut response = self
-            .source
-            .get(&self.url, self.offset)
-            .map_err(std::io::Error::other)?;
-        if response.status().as_u16() != 206 {
-            // The server ignored Range: skip what we already have.
-            std::io::copy(&mut (&mut response).take(self.offset), &mut std::io::sink())?;
-        }
-        self.response = response;
-        Ok(())
-    }
-}
-
-impl Read for ResumingBody {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            match self.response.read(buf) {
-                Ok(n) => {
-                    self.offset += n as u64;
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => self.reconnect(e)?,
-            }
-        }
+        Ok(Box::new(BufReader::with_capacity(1 << 20, body)))
     }
 }
 
@@ -245,6 +173,7 @@ fn read_index(url: &str, source: &dyn ShardSource) -> Result<Vec<ShardEntry>, Lo
     let mut text = String::new();
     source
         .open(url)?
+        .take(MAX_INDEX_BYTES + 1)
         .read_to_string(&mut text)
         .map_err(|e| LoaderError::Open {
             url: url.into(),
@@ -254,6 +183,11 @@ fn read_index(url: &str, source: &dyn ShardSource) -> Result<Vec<ShardEntry>, Lo
         url: url.into(),
         reason,
     };
+    if text.len() as u64 > MAX_INDEX_BYTES {
+        return Err(bad(format!(
+            "larger than {MAX_INDEX_BYTES} bytes (wit_loader::MAX_INDEX_BYTES)"
+        )));
+    }
     let index: WidsIndex = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     if index.kind.as_deref() != Some("wids-shard-index-v1") {
         return Err(bad(format!("__kind__ is {:?}", index.kind)));
@@ -270,17 +204,37 @@ fn read_index(url: &str, source: &dyn ShardSource) -> Result<Vec<ShardEntry>, Lo
         .collect()
 }
 
-/// Resolves `rel` against the location of `base` (the index file), as wids does.
+/// Resolves an index entry `rel` against the location of `base` (the index file), as wids does.
+///
+/// A local index is the user's own file: its entries may be absolute paths or URLs. A remote
+/// index is untrusted input: its entries must be relative names (resolved against the index's
+/// URL) or http(s) URLs (which the SSRF guard checks when they are opened); absolute paths, `file:` and other schemes would
+/// let a server make the loader read local files or internal services, and are refused.
 fn join_location(base: &str, rel: &str) -> Result<String, String> {
-    if is_http(rel) || rel.contains("://") || Path::new(rel).is_absolute() {
-        return Ok(rel.into());
-    }
     if is_http(base) {
-        let base = url::Url::parse(base).map_err(|e| e.to_string())?;
+        let base = Url::parse(base).map_err(|e| e.to_string())?;
+        if rel.starts_with('/') || rel.starts_with('\\') {
+            return Err(format!(
+                "entry {rel:?} is an absolute path: a remote index may only name shards relative to itself or http(s) URLs"
+            ));
+        }
+        if let Ok(absolute) = Url::parse(rel) {
+            if !is_http(absolute.as_str()) {
+                return Err(format!(
+                    "entry {rel:?} has scheme `{}`: a remote index may only name http(s) shards",
+                    absolute.scheme()
+                ));
+            }
+            // The address is checked by the SSRF guard when the shard is opened.
+            return Ok(absolute.to_string());
+        }
         return base
             .join(rel)
             .map(|u| u.to_string())
             .map_err(|e| e.to_string());
+    }
+    if is_http(rel) || rel.contains("://") || Path::new(rel).is_absolute() {
+        return Ok(rel.into());
     }
     let dir = local_path(base)
         .parent()
@@ -321,4 +275,53 @@ fn brace_alternatives(body: &str, spec: &str) -> Result<Vec<String>, LoaderError
     }
     let width = if a.starts_with('0') { a.len() } else { 0 };
     Ok((lo..=hi).map(|i| format!("{i:0width$}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remote_index_names_only_relative_shards_or_http_urls() {
+        let base = "http://h/data/shardindex.json";
+        assert_eq!(
+            join_location(base, "00000.tar").unwrap(),
+            "http://h/data/00000.tar"
+        );
+        assert_eq!(
+            join_location(base, "../other/1.tar").unwrap(),
+            "http://h/other/1.tar"
+        );
+        assert_eq!(
+            join_location(base, "https://cdn/1.tar").unwrap(),
+            "https://cdn/1.tar"
+        );
+        for bad in [
+            "/etc/passwd",
+            "file:///etc/passwd",
+            "//evil/x.tar",
+            "s3://b/k.tar",
+        ] {
+            assert!(join_location(base, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_local_index_may_name_anything() {
+        assert_eq!(join_location("/d/i.json", "a.tar").unwrap(), "/d/a.tar");
+        assert_eq!(join_location("/d/i.json", "/x/a.tar").unwrap(), "/x/a.tar");
+    }
+
+    #[test]
+    fn an_oversized_index_is_refused() {
+        #[derive(Debug)]
+        struct Endless;
+        impl ShardSource for Endless {
+            fn open(&self, _: &str) -> Result<Box<dyn Read + Send>, LoaderError> {
+                Ok(Box::new(std::io::repeat(b' ')))
+            }
+        }
+        let err = read_index("mem://i.json", &Endless).unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
+    }
 }

@@ -85,8 +85,18 @@ fn handle(mut stream: TcpStream, root: &std::path::Path, hits: &Mutex<HashMap<St
     let _ = stream.write_all(part);
 }
 
+/// The default source with the SSRF guard opened for the loopback test server only.
+fn loopback_source() -> Arc<dyn wit_loader::ShardSource> {
+    let policy = wit_net::NetPolicy::new(vec!["127.0.0.1/32".parse().unwrap()]);
+    Arc::new(wit_loader::DefaultSource::new(wit_net::HttpConfig::new(
+        policy,
+    )))
+}
+
 fn keys_of_epoch(shards: Vec<String>) -> (Vec<String>, u64) {
-    let mut l = Loader::new(config(shards, 4)).unwrap();
+    let mut cfg = config(shards, 4);
+    cfg.source = loopback_source();
+    let mut l = Loader::new(cfg).unwrap();
     let mut keys = Vec::new();
     while let Some(b) = l.next_batch().unwrap() {
         keys.extend(b.keys);

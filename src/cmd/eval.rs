@@ -26,6 +26,8 @@ pub struct Args {
     /// Held-out shards (paths, brace patterns, folders, shardindex.json, URLs). Repeatable.
     #[arg(long, required = true, num_args = 1..)]
     pub data: Vec<String>,
+    #[command(flatten)]
+    pub remote: super::fetch_args::DataNetArgs,
     /// Also write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -70,6 +72,8 @@ pub(crate) struct Pairs {
 pub(crate) struct HeldOut<'a> {
     /// Shard specifications, as `--data` takes them.
     pub data: &'a [String],
+    /// Where shard bytes come from (the `--allow-net` policy and read timeout).
+    pub source: Arc<dyn wit_loader::ShardSource>,
     /// At most this many pairs.
     pub max_pairs: usize,
     /// Pairs per forward pass.
@@ -87,6 +91,7 @@ pub(crate) fn embed_pairs(
 ) -> anyhow::Result<Pairs> {
     let max_pairs = held_out.max_pairs;
     let mut cfg = LoaderConfig::new(held_out.data.to_vec(), tok.clone());
+    cfg.source = held_out.source.clone();
     cfg.batch_size = held_out.batch_size;
     cfg.image_size = model.config().vision_cfg.image_size as u32;
     cfg.crop = CropMode::Center;
@@ -288,6 +293,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })?);
     let held_out = HeldOut {
         data: &args.data,
+        source: args.remote.source()?,
         max_pairs: args.max_pairs,
         batch_size: args.batch_size,
     };

@@ -3,8 +3,10 @@
 //! Per-host limits are `Option`s because the right default depends on the command: a URL list
 //! spreads over many hosts (16 in flight, no delay), a crawl hammers few (2 in flight, 1 s apart).
 
+use std::sync::Arc;
 use std::time::Duration;
 use wit_crawler::fetch::{user_agent_for, FetchConfig};
+use wit_loader::{DefaultSource, ShardSource};
 
 /// How wit talks to web servers: concurrency, politeness, timeouts, safety.
 #[derive(clap::Args, Debug, Clone)]
@@ -37,6 +39,10 @@ pub struct FetchArgs {
     /// Do not fetch or obey robots.txt (only for sites you own or have permission to copy).
     #[arg(long)]
     pub ignore_robots: bool,
+    /// Do not obey TDMRep opt-outs (the `tdm-reservation: 1` header and
+    /// `/.well-known/tdmrep.json`; only for sites you own or have permission to mine).
+    #[arg(long)]
+    pub ignore_tdmrep: bool,
     /// X-Robots-Tag directives that opt an image out (comma-separated; empty string disables).
     #[arg(
         long,
@@ -74,6 +80,35 @@ impl NetArgs {
     }
 }
 
+/// How `--data` URLs (shards, `shardindex.json`) are read by train, eval and tokenizer.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataNetArgs {
+    #[command(flatten)]
+    pub net: NetArgs,
+    /// Seconds a shard server may stay silent before the read is resumed with a `Range`
+    /// request (3 tries, then the shard fails): a stalled server never hangs the run.
+    #[arg(long, default_value_t = 30.0)]
+    pub read_timeout: f64,
+}
+
+impl DataNetArgs {
+    /// The shard source: local files, and http(s) through the SSRF guard with these limits.
+    pub fn source(&self) -> anyhow::Result<Arc<dyn ShardSource>> {
+        anyhow::ensure!(
+            self.read_timeout.is_finite() && self.read_timeout > 0.0,
+            "--read-timeout must be a positive number of seconds, got {}",
+            self.read_timeout
+        );
+        let policy = wit_net::NetPolicy::new(self.net.allow_nets()?);
+        let http = wit_net::HttpConfig {
+            read_timeout: Duration::from_secs_f64(self.read_timeout),
+            user_agent: user_agent_for("wit"),
+            ..wit_net::HttpConfig::new(policy)
+        };
+        Ok(Arc::new(DefaultSource::new(http)))
+    }
+}
+
 impl FetchArgs {
     /// The fetch configuration, filling unset per-host limits with the command's defaults.
     pub fn to_config(
@@ -105,6 +140,7 @@ impl FetchArgs {
             user_agent_token: self.user_agent_token.clone(),
             allow_net: self.net.allow_nets()?,
             respect_robots: !self.ignore_robots,
+            respect_tdmrep: !self.ignore_tdmrep,
             disallowed_header_directives: self
                 .disallowed_header_directives
                 .iter()

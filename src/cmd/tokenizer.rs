@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use wit_loader::{read_captions, resolve_shards, DefaultSource, ShardSource, TextTokenizer};
+use wit_loader::{read_captions, resolve_shards, ShardSource, TextTokenizer};
 
 /// Subcommands of `wit tokenizer`.
 #[derive(clap::Subcommand, Debug)]
@@ -30,6 +30,8 @@ pub struct TrainArgs {
     /// Vocabulary size including the three special tokens (CLIP uses 49,408).
     #[arg(long, default_value_t = 49_408)]
     pub vocab_size: usize,
+    #[command(flatten)]
+    pub remote: super::fetch_args::DataNetArgs,
 }
 
 /// Runs `wit tokenizer`.
@@ -40,7 +42,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    let source: Arc<dyn ShardSource> = Arc::new(DefaultSource::default());
+    let source: Arc<dyn ShardSource> = args.remote.source()?;
     let entries = resolve_shards(&args.data, source.as_ref())?;
     let shards = entries.len();
     let seen = Arc::new(AtomicU64::new(0));

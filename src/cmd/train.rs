@@ -27,6 +27,8 @@ pub struct Args {
     /// `shardindex.json`, or http(s) URLs. Repeatable.
     #[arg(long, required = true, num_args = 1..)]
     pub data: Vec<String>,
+    #[command(flatten)]
+    pub remote: super::fetch_args::DataNetArgs,
     /// Model: `tiny`, `tiny-rn`, `vit-s-32`, `vit-b-32`, `vit-b-16`, `rn50` (ResNet-50), or an
     /// open_clip model JSON file (a list of four `layers` makes a ResNet image tower).
     #[arg(long, default_value = "tiny")]
@@ -190,7 +192,7 @@ fn tokenizer(args: &Args) -> anyhow::Result<TextTokenizer> {
             )
         });
     }
-    let source: Arc<dyn wit_loader::ShardSource> = Arc::new(wit_loader::DefaultSource::default());
+    let source = args.remote.source()?;
     let entries = wit_loader::resolve_shards(&args.data, source.as_ref())?;
     tracing::info!(
         shards = entries.len(),
@@ -300,6 +302,7 @@ fn loader(
     device: &Device,
 ) -> anyhow::Result<Loader> {
     let mut cfg = LoaderConfig::new(args.data.clone(), tok);
+    cfg.source = args.remote.source()?;
     cfg.batch_size = args.batch_size;
     cfg.image_size = trainer.model().config().vision_cfg.image_size as u32;
     cfg.crop = args.crop;
@@ -392,6 +395,7 @@ fn validate(
     let model = trainer.model();
     let held_out = HeldOut {
         data: &args.val_data,
+        source: args.remote.source()?,
         max_pairs: args.val_max_pairs,
         batch_size: args.batch_size,
     };
