@@ -7,6 +7,7 @@ mod bench_smoke;
 mod crawl;
 mod curate;
 mod download;
+mod hostile_rows;
 mod stats;
 mod testweb;
 mod train;
