@@ -156,13 +156,15 @@ impl Iterator for DelimitedRows {
         };
         let fields = match record {
             Record::Fields(f) => f,
-            Record::TooLong => return Some(Err(bad_line(
-                &self.path,
-                line,
-                format!(
+            Record::TooLong => {
+                return Some(Err(bad_line(
+                    &self.path,
+                    line,
+                    format!(
                     "record over the {MAX_LINE_BYTES}-byte or {MAX_FIELDS}-field limit of a row"
                 ),
-            ))),
+                )))
+            }
             Record::NotUtf8 => {
                 return Some(Err(bad_line(&self.path, line, "not valid UTF-8")));
             }
