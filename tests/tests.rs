@@ -9,6 +9,7 @@ mod curate;
 mod download;
 mod hostile_pages;
 mod hostile_network;
+mod hostile_rows;
 mod stats;
 mod testweb;
 mod train;

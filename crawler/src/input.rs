@@ -3,7 +3,12 @@
 //!
 //! Everything streams: text formats line by line, parquet one small record batch at a time, so a
 //! 100 GB list costs the same memory as a 1 MB one and the first shard can start at once
-//! (img2dataset reads whole files into pandas, its #338).
+//! (img2dataset reads whole files into pandas, its #338). A pipe (`/dev/stdin`, `<(...)`, a
+//! FIFO) streams too, once: its format comes from its name or `--input-format`.
+//!
+//! One bad line costs one row: a line that is not UTF-8, is malformed or is over
+//! [`MAX_LINE_BYTES`] (read past without being held) becomes an [`InputError::BadLine`], which
+//! the download records as one failed status row, so row numbers never shift.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -16,8 +21,22 @@ use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 
+mod delimited;
+mod lines;
+
+use delimited::DelimitedRows;
+use lines::{jsonl_rows, txt_rows};
+
 /// Rows per parquet record batch: small, so memory stays flat whatever the row-group size.
 const PARQUET_BATCH_ROWS: usize = 1024;
+
+/// Bytes one row of a txt/csv/tsv/jsonl list may take (a jsonl line, a csv record). A longer
+/// one is read past without being held and becomes one failed row.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Bytes of one URL, and so of a txt line. Browsers and servers refuse URLs far shorter (8 to
+/// 64 KiB); anything longer is not a URL. A longer one becomes one failed row.
+pub const MAX_URL_BYTES: usize = 64 << 10;
 
 /// The name of the optional column that says which page a pair was found on (crawl output).
 pub const PAGE_URL_COLUMN: &str = "page_url";
@@ -177,6 +196,15 @@ pub fn expand_paths(
     Ok(out)
 }
 
+/// Whether the input can be read a second time (every path a regular file or a folder): a pipe
+/// or FIFO is consumed by the first reader, so a second pass (counting rows for a progress bar)
+/// must not run on it.
+pub fn rereadable(spec: &InputSpec) -> bool {
+    spec.paths
+        .iter()
+        .all(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() || m.is_dir()))
+}
+
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), InputError> {
     let io = |source| InputError::Io {
         path: dir.to_path_buf(),
@@ -250,6 +278,13 @@ fn open_file(spec: &InputSpec, path: &Path) -> Result<FileRows, InputError> {
         (None, None) => return Err(InputError::UnknownFormat(path.to_path_buf())),
     };
     if format == InputFormat::Parquet {
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            return Err(parse_err(
+                path,
+                "file",
+                "parquet is read from its footer, so it needs a regular file, not a pipe: write the list to a file first",
+            ));
+        }
         if gz {
             return Err(parse_err(
                 path,
@@ -268,7 +303,7 @@ fn open_file(spec: &InputSpec, path: &Path) -> Result<FileRows, InputError> {
     } else {
         Box::new(file)
     };
-    let reader = BufReader::with_capacity(1 << 16, reader);
+    let reader: Box<dyn BufRead + Send> = Box::new(BufReader::with_capacity(1 << 16, reader));
     Ok(match format {
         InputFormat::Txt => Box::new(txt_rows(reader, path, spec.extra_cols.len())?),
         InputFormat::Csv => Box::new(DelimitedRows::open(spec, path, reader, b',')?),
@@ -300,34 +335,12 @@ fn missing(path: &Path, column: &str, available: &[String], flag: &'static str) 
     }
 }
 
-fn txt_rows(
-    reader: impl BufRead + Send + 'static,
-    path: &Path,
-    extra_cols: usize,
-) -> Result<impl Iterator<Item = Result<InputRow, InputError>> + Send, InputError> {
-    if extra_cols > 0 {
-        return Err(parse_err(
-            path,
-            "file",
-            "a txt list has only URLs: drop --save-additional-columns or use csv/tsv/jsonl/parquet",
-        ));
+fn bad_line(path: &Path, line: u64, message: impl Into<String>) -> InputError {
+    InputError::BadLine {
+        path: path.to_path_buf(),
+        line,
+        message: message.into(),
     }
-    let path = path.to_path_buf();
-    Ok(reader.lines().filter_map(move |line| match line {
-        Err(source) => Some(Err(InputError::Io {
-            path: path.clone(),
-            source,
-        })),
-        Ok(line) => {
-            let url = line.trim();
-            (!url.is_empty()).then(|| {
-                Ok(InputRow {
-                    url: url.to_string(),
-                    ..InputRow::default()
-                })
-            })
-        }
-    }))
 }
 
 /// Column positions resolved against a header.
@@ -371,119 +384,28 @@ impl Columns {
     }
 }
 
-struct DelimitedRows {
-    path: PathBuf,
-    columns: Columns,
-    records: csv::StringRecordsIntoIter<Box<dyn Read + Send>>,
-}
-
-impl DelimitedRows {
-    fn open(
-        spec: &InputSpec,
-        path: &Path,
-        reader: impl Read + Send + 'static,
-        delimiter: u8,
-    ) -> Result<DelimitedRows, InputError> {
-        let boxed: Box<dyn Read + Send> = Box::new(reader);
-        let mut csv = csv::ReaderBuilder::new()
-            .delimiter(delimiter)
-            .has_headers(true)
-            .flexible(true)
-            .from_reader(boxed);
-        let header: Vec<String> = csv
-            .headers()
-            .map_err(|e| parse_err(path, "header", e.to_string()))?
-            .iter()
-            .map(str::to_string)
-            .collect();
-        let columns = Columns::resolve(spec, path, &header)?;
-        Ok(DelimitedRows {
-            path: path.to_path_buf(),
-            columns,
-            records: csv.into_records(),
-        })
+/// Refuses a row whose URL is over [`MAX_URL_BYTES`] (one failed row, not a fetch attempt).
+fn check_url(row: InputRow, path: &Path, line: u64) -> Result<InputRow, InputError> {
+    if row.url.len() > MAX_URL_BYTES {
+        return Err(bad_line(
+            path,
+            line,
+            format!(
+                "URL of {} bytes, over the {MAX_URL_BYTES}-byte limit",
+                row.url.len()
+            ),
+        ));
     }
-}
-
-impl Iterator for DelimitedRows {
-    type Item = Result<InputRow, InputError>;
-    fn next(&mut self) -> Option<Self::Item> {
-        let record = match self.records.next()? {
-            Ok(r) => r,
-            Err(e) => {
-                return Some(Err(InputError::BadLine {
-                    path: self.path.clone(),
-                    line: e.position().map_or(0, |p| p.line()),
-                    message: e.to_string(),
-                }));
-            }
-        };
-        let get = |i: usize| record.get(i).filter(|v| !v.is_empty()).map(str::to_string);
-        Some(Ok(self.columns.row(get)))
-    }
-}
-
-fn jsonl_rows(
-    spec: &InputSpec,
-    path: &Path,
-    reader: impl BufRead + Send + 'static,
-) -> impl Iterator<Item = Result<InputRow, InputError>> + Send {
-    let spec = spec.clone();
-    let path = path.to_path_buf();
-    reader.lines().enumerate().filter_map(move |(i, line)| {
-        let line = match line {
-            Ok(l) if l.trim().is_empty() => return None,
-            Ok(l) => l,
-            Err(source) => {
-                return Some(Err(InputError::Io {
-                    path: path.clone(),
-                    source,
-                }))
-            }
-        };
-        Some(json_row(&spec, &path, i + 1, &line))
-    })
-}
-
-fn json_row(
-    spec: &InputSpec,
-    path: &Path,
-    line_no: usize,
-    line: &str,
-) -> Result<InputRow, InputError> {
-    let bad = |message: String| InputError::BadLine {
-        path: path.to_path_buf(),
-        line: line_no as u64,
-        message,
-    };
-    let obj: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(line).map_err(|e| bad(format!("not a JSON object: {e}")))?;
-    let get = |k: &str| match obj.get(k)? {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    };
-    let url = get(&spec.url_col).ok_or_else(|| {
-        let keys: Vec<String> = obj.keys().cloned().collect();
-        bad(format!(
-            "no `{}` key (keys: {}; choose the URL key with --url-col)",
-            spec.url_col,
-            keys.join(", ")
-        ))
-    })?;
-    Ok(InputRow {
-        url,
-        caption: spec.caption_col.as_deref().and_then(get),
-        page_url: get(PAGE_URL_COLUMN),
-        extra: spec.extra_cols.iter().map(|c| get(c)).collect(),
-    })
+    Ok(row)
 }
 
 struct ParquetRows {
     path: PathBuf,
     spec: InputSpec,
     batches: ParquetRecordBatchReader,
-    pending: VecDeque<InputRow>,
+    pending: VecDeque<Result<InputRow, InputError>>,
+    /// Rows read so far (1-based numbers in messages).
+    rows: u64,
 }
 
 impl ParquetRows {
@@ -521,6 +443,7 @@ impl ParquetRows {
             spec: spec.clone(),
             batches,
             pending: VecDeque::new(),
+            rows: 0,
         })
     }
 
@@ -551,12 +474,30 @@ impl ParquetRows {
                 .map(|a| a.value(i).to_string())
         };
         for i in 0..batch.num_rows() {
-            self.pending.push_back(InputRow {
+            self.rows += 1;
+            let len = |a: &Option<StringArray>| {
+                a.as_ref()
+                    .filter(|a| a.is_valid(i))
+                    .map_or(0, |a| a.value(i).len())
+            };
+            let total: usize =
+                len(&url) + len(&caption) + len(&page) + extra.iter().map(len).sum::<usize>();
+            if total > MAX_LINE_BYTES {
+                self.pending.push_back(Err(bad_line(
+                    &self.path,
+                    self.rows,
+                    format!("row of {total} bytes, over the {MAX_LINE_BYTES}-byte limit of a row"),
+                )));
+                continue;
+            }
+            let row = InputRow {
                 url: value(&url, i).unwrap_or_default(),
                 caption: value(&caption, i),
                 page_url: value(&page, i),
                 extra: extra.iter().map(|a| value(a, i)).collect(),
-            });
+            };
+            self.pending
+                .push_back(check_url(row, &self.path, self.rows));
         }
         Ok(())
     }
@@ -578,7 +519,7 @@ impl Iterator for ParquetRows {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             if let Some(row) = self.pending.pop_front() {
-                return Some(Ok(row));
+                return Some(row);
             }
             let batch = match self.batches.next()? {
                 Ok(b) => b,
@@ -782,6 +723,117 @@ mod tests {
             assert_eq!(r.page_url.as_deref(), Some(pages[i].as_str()));
             assert_eq!(r.extra, vec![Some(i.to_string())]);
         }
+    }
+
+    /// Every item's URL, or `bad: <message>` for a row-level problem.
+    fn outcomes(spec: &InputSpec) -> Vec<String> {
+        read_rows(spec)
+            .unwrap()
+            .map(|r| match r {
+                Ok(row) => row.url,
+                Err(e @ InputError::BadLine { .. }) => format!("bad: {e}"),
+                Err(e) => panic!("fatal: {e}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bad_bytes_and_overlong_lines_cost_one_row_each_in_every_text_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let long_url = format!("http://a/{}", "x".repeat(10 * MAX_URL_BYTES));
+        let long_row = "y".repeat(10 * MAX_LINE_BYTES);
+        let files: [(&str, Vec<u8>); 4] = [
+            (
+                "l.txt",
+                [
+                    &b"http://a/1\nhttp://a/\xff\xfe\n"[..],
+                    long_url.as_bytes(),
+                    b"\nhttp://a/4\n",
+                ]
+                .concat(),
+            ),
+            (
+                "l.jsonl",
+                [
+                    &b"{\"url\":\"http://a/1\"}\n{\"url\":\"http://a/\xff\"}\n"[..],
+                    long_row.as_bytes(),
+                    b"\n{\"url\":\"http://a/4\"}\n",
+                ]
+                .concat(),
+            ),
+            (
+                "l.csv",
+                [
+                    &b"url,caption\nhttp://a/1,one\nhttp://a/2,\xff\n"[..],
+                    format!("http://a/3,{long_row}\n").as_bytes(),
+                    b"http://a/4,four\n",
+                ]
+                .concat(),
+            ),
+            (
+                "l.tsv.gz",
+                gzip(
+                    &[
+                        &b"url\tcaption\nhttp://a/1\tone\n\xfe\ttwo\n"[..],
+                        format!("{long_url}\tthree\n").as_bytes(),
+                        b"http://a/4\tfour\n",
+                    ]
+                    .concat(),
+                ),
+            ),
+        ];
+        for (name, bytes) in files {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+            let got = outcomes(&spec(vec![dir.path().join(name)], None, &[]));
+            assert_eq!(got.len(), 4, "{name}: one item per input row: {got:?}");
+            assert_eq!(
+                (got[0].as_str(), got[3].as_str()),
+                ("http://a/1", "http://a/4")
+            );
+            assert!(got[1].contains("UTF-8"), "{name}: {}", got[1]);
+            assert!(got[2].contains("limit"), "{name}: {}", got[2]);
+        }
+    }
+
+    #[test]
+    fn an_unclosed_quote_costs_one_row_not_the_memory_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut csv = b"url\nhttp://a/1\n\"http://a/2".to_vec();
+        csv.extend(std::iter::repeat_n(b'z', 4 * MAX_LINE_BYTES));
+        std::fs::write(dir.path().join("l.csv"), csv).unwrap();
+        let got = outcomes(&spec(vec![dir.path().join("l.csv")], None, &[]));
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[1].contains("limit"), "{}", got[1]);
+    }
+
+    #[test]
+    fn a_fifo_is_streamed_once_with_its_format_from_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("list.txt");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                let mut f = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+                for i in 0..1000 {
+                    writeln!(f, "http://a/{i}.jpg").unwrap();
+                }
+            })
+        };
+        let s = spec(vec![fifo.clone()], None, &[]);
+        assert!(
+            !rereadable(&s),
+            "a FIFO must not be counted in a second pass"
+        );
+        let rows = collect(&s);
+        writer.join().unwrap();
+        assert_eq!(rows.len(), 1000);
+        assert_eq!(rows[999].url, "http://a/999.jpg");
+        assert!(rereadable(&spec(vec![dir.path().to_path_buf()], None, &[])));
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub enum LoaderError {
     /// Building the batch tensor failed (device out of memory, ...).
     #[error("tensor: {0}")]
     Tensor(#[from] candle_core::Error),
+    /// A loader thread panicked (a bug here or in a decoder): the epoch cannot go on in order.
+    #[error("a loader thread panicked: {0} (a bug: report it with this message)")]
+    Panicked(String),
     /// The decode workers are gone (a worker thread panicked).
     #[error("loader worker threads stopped unexpectedly")]
     WorkersGone,

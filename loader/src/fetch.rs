@@ -62,6 +62,10 @@ impl Cursor {
         let it = self.reader.as_mut().map_err(|e| *e)?;
         match it.next() {
             Some(Ok(sample)) => Ok(sample),
+            Some(Err(e)) if e.is_sample_only() => {
+                tracing::warn!(url = %self.urls[shard], error = %e, "skipping one sample");
+                Err(SkipReason::ShardError)
+            }
             Some(Err(e)) => {
                 tracing::warn!(url = %self.urls[shard], error = %e, "corrupt shard; skipping its remaining samples");
                 self.reader = Err(SkipReason::ShardError);
@@ -75,24 +79,48 @@ impl Cursor {
     }
 }
 
-/// A reference plus its bytes once fetched (`None` while only simulated).
+/// A reference plus its bytes once fetched: `None` while only simulated, or when the sample is
+/// too large to hold in the buffer (its bytes are read again when it leaves).
 pub(crate) struct Slot {
     pub r: SampleRef,
     pub data: Option<Fetched>,
 }
 
+/// Bytes of member data a sample holds.
+fn sample_bytes(sample: &Sample) -> u64 {
+    sample.members.iter().map(|(_, b)| b.len() as u64).sum()
+}
+
+/// `fetched`, unless it is a sample over `slot_bytes`, which the buffer does not hold.
+fn held(fetched: Fetched, slot_bytes: u64) -> Option<Fetched> {
+    match &fetched {
+        Ok(sample) if sample_bytes(sample) > slot_bytes => None,
+        _ => Some(fetched),
+    }
+}
+
 /// The producer's view of one rank's epoch: refs through the shuffle buffer, bytes fetched as
 /// refs enter the buffer, so buffered memory is the only memory.
+///
+/// The buffer holds at most `buffer_bytes` of sample data: each of its `buffer_size` slots holds
+/// a sample of at most `buffer_bytes / buffer_size` bytes; a larger sample keeps only its
+/// reference there and is read again (a second sequential pass over its shard up to it) when
+/// it leaves. The order never depends on sizes, so batches are the same whatever the budget;
+/// only reading repeats, for samples far above the average.
 pub(crate) struct OrderStream {
     refs: RefStream,
     shuffler: Shuffler<Slot>,
     cursor: Cursor,
+    /// Reads again the samples too large to hold in the buffer.
+    refetch: Cursor,
+    slot_bytes: u64,
     counters: Arc<Counters>,
     remaining: Option<u64>,
 }
 
 impl OrderStream {
     /// `single_pass_total`: stop after this many refs (evaluation); otherwise endless.
+    /// `buffer_bytes`: the shuffle buffer's budget of sample data.
     pub fn new(
         params: OrderParams,
         counts: Arc<Vec<u64>>,
@@ -100,11 +128,18 @@ impl OrderStream {
         urls: Arc<Vec<String>>,
         counters: Arc<Counters>,
         single_pass_total: Option<u64>,
+        buffer_bytes: u64,
     ) -> Self {
+        let slot_bytes = match params.buffer_size {
+            0 | 1 => u64::MAX,
+            n => buffer_bytes / n as u64,
+        };
         OrderStream {
             shuffler: Shuffler::new(&params),
             refs: RefStream::new(params, counts),
-            cursor: Cursor::new(source, urls),
+            cursor: Cursor::new(source.clone(), urls.clone()),
+            refetch: Cursor::new(source, urls),
+            slot_bytes,
             counters,
             remaining: single_pass_total,
         }
@@ -137,7 +172,8 @@ impl OrderStream {
             let mut cursor = Cursor::new(self.cursor.source.clone(), self.cursor.urls.clone());
             for i in idxs {
                 let r = slots[i].r;
-                slots[i].data = Some(self.counters.time(Stage::Read, || cursor.fetch(r)));
+                let fetched = self.counters.time(Stage::Read, || cursor.fetch(r));
+                slots[i].data = held(fetched, self.slot_bytes);
             }
         }
     }
@@ -151,27 +187,38 @@ impl OrderStream {
             *rem -= 1;
         }
         let (refs, cursor, counters) = (&mut self.refs, &mut self.cursor, &self.counters);
+        let slot_bytes = self.slot_bytes;
         let slot = self.shuffler.next(|| {
             let r = refs.next_ref()?;
+            let fetched = counters.time(Stage::Read, || cursor.fetch(r));
             Some(Slot {
                 r,
-                data: Some(counters.time(Stage::Read, || cursor.fetch(r))),
+                data: held(fetched, slot_bytes),
             })
         });
-        Some((slot.r, slot.data.unwrap_or(Err(SkipReason::Missing))))
+        let data = match slot.data {
+            Some(data) => data,
+            None => {
+                let refetch = &mut self.refetch;
+                self.counters.time(Stage::Read, || refetch.fetch(slot.r))
+            }
+        };
+        Some((slot.r, data))
     }
 }
 
 /// Fills in `nsamples` for shards the index did not describe, by reading them once (no image
-/// decoding), `threads` shards at a time. A corrupt shard counts the samples before the damage.
+/// decoding), `threads` shards at a time. A corrupt shard counts the samples before the damage;
+/// a sample the reader skipped over its budget still counts, so sample numbering stays that of
+/// the tar. A panicking counter is an error, not a shard silently counted empty.
 pub(crate) fn count_samples(
     entries: &[ShardEntry],
     source: &dyn ShardSource,
     threads: usize,
-) -> Vec<u64> {
+) -> Result<Vec<u64>, String> {
     let next = AtomicUsize::new(0);
     let mut counts = vec![0u64; entries.len()];
-    let results: Vec<(usize, u64)> = std::thread::scope(|s| {
+    let results: Vec<Vec<(usize, u64)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads.max(1))
             .map(|_| {
                 s.spawn(|| {
@@ -186,20 +233,26 @@ pub(crate) fn count_samples(
                 })
             })
             .collect();
-        handles
+        let joined: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+        joined
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    for (i, n) in results {
+            .map(|j| j.map_err(|_| "counting samples: a counting thread panicked".to_string()))
+            .collect::<Result<_, _>>()
+    })?;
+    for (i, n) in results.into_iter().flatten() {
         counts[i] = n;
     }
-    counts
+    Ok(counts)
 }
 
 fn count_one(source: &dyn ShardSource, url: &str) -> u64 {
     match open_samples(source, url) {
-        Ok(it) => it.take_while(Result::is_ok).count() as u64,
+        Ok(it) => it
+            .take_while(|item| {
+                item.as_ref()
+                    .map_or_else(ShardError::is_sample_only, |_| true)
+            })
+            .count() as u64,
         Err(_) => 0,
     }
 }
@@ -214,7 +267,10 @@ pub fn read_captions(
         open_samples(source.as_ref(), &e.url)
             .into_iter()
             .flatten()
-            .map_while(Result::ok)
-            .filter_map(|s| s.caption().map(str::to_string))
+            .take_while(|item| {
+                item.as_ref()
+                    .map_or_else(ShardError::is_sample_only, |_| true)
+            })
+            .filter_map(|item| item.ok()?.caption().map(str::to_string))
     })
 }

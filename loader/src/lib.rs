@@ -29,7 +29,7 @@ pub mod transform;
 
 pub use error::LoaderError;
 pub use fetch::read_captions;
-pub use loader::{Batch, HardNegatives, Loader, LoaderConfig, LoaderState};
+pub use loader::{Batch, HardNegatives, Loader, LoaderConfig, LoaderState, SHUFFLE_BUFFER_BYTES};
 pub use source::{
     resolve_shards, DefaultSource, HttpSource, ShardEntry, ShardSource, MAX_INDEX_BYTES,
 };

@@ -18,6 +18,11 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use wit_shards::Sample;
 
+/// The default budget of the shuffle buffer: 1 GiB over open_clip's 5000 slots holds samples
+/// up to 214 KB each, above img2dataset's 256-512 px JPEGs with their captions; larger samples
+/// are read twice instead of growing memory with the data.
+pub const SHUFFLE_BUFFER_BYTES: u64 = 1 << 30;
+
 /// Everything that shapes the batches. Build with [`LoaderConfig::new`] and adjust fields.
 #[derive(Debug, Clone)]
 pub struct LoaderConfig {
@@ -49,6 +54,10 @@ pub struct LoaderConfig {
     pub shuffle_buffer: usize,
     /// Samples buffered before the first one is emitted. open_clip: 1000.
     pub shuffle_initial: usize,
+    /// Bytes of sample data the shuffle buffer holds at most: a sample larger than
+    /// `shuffle_buffer_bytes / shuffle_buffer` is not held but read again when it leaves the
+    /// buffer (same batches, more reading). Default [`SHUFFLE_BUFFER_BYTES`].
+    pub shuffle_buffer_bytes: u64,
     /// Samples per epoch over all ranks; `None`: the shards' total.
     pub epoch_samples: Option<u64>,
     /// Draw shards with replacement (webdataset's `ResampledShards`).
@@ -96,6 +105,7 @@ impl LoaderConfig {
             shuffle_shards: true,
             shuffle_buffer: 5000,
             shuffle_initial: 1000,
+            shuffle_buffer_bytes: SHUFFLE_BUFFER_BYTES,
             epoch_samples: None,
             resample: false,
             single_pass: false,
@@ -182,7 +192,8 @@ impl Loader {
     pub fn new(cfg: LoaderConfig) -> Result<Self, LoaderError> {
         cfg.validate()?;
         let entries = resolve_shards(&cfg.shards, cfg.source.as_ref())?;
-        let counts = count_samples(&entries, cfg.source.as_ref(), cfg.threads);
+        let counts = count_samples(&entries, cfg.source.as_ref(), cfg.threads)
+            .map_err(LoaderError::Panicked)?;
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return Err(LoaderError::NoShards(format!(
@@ -404,6 +415,7 @@ impl Loader {
             self.urls.clone(),
             self.counters.clone(),
             single.then(|| self.single_pass_refs()),
+            cfg.shuffle_buffer_bytes,
         );
         let ctx = Arc::new(WorkerCtx {
             seed: cfg.seed,
@@ -435,6 +447,22 @@ struct Item {
 /// `None` marks the end of a single pass.
 type Done = (u64, Option<Result<Item, SkipReason>>);
 
+/// What a pipeline thread hands the caller: finished samples, or why the thread panicked.
+type Handover = Result<Vec<Done>, String>;
+
+/// Runs `f`, turning a panic into its message: a pipeline thread that panicked silently would
+/// leave the caller waiting forever for a sample that thread held.
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        format!("{what}: {message}")
+    })
+}
+
 /// Results a worker hands over at once. One hand-over per sample woke the caller's thread per
 /// sample, 4 context switches a sample in all; a worker still hands over early, before it
 /// would wait for a job, so nothing ever waits on a result a worker holds.
@@ -443,7 +471,7 @@ const RESULTS_PER_HANDOVER: usize = 16;
 /// The running threads of one epoch. Dropping it stops them: the producer waits on credits the
 /// caller no longer sends, workers see closed channels.
 struct Pipeline {
-    results: Receiver<Vec<Done>>,
+    results: Receiver<Handover>,
     credits: Sender<usize>,
     /// Credits earned by consumed samples and not yet returned to the producer.
     owed: usize,
@@ -465,13 +493,18 @@ impl Pipeline {
         let (credit_tx, credit_rx) = channel::<usize>();
         credit_tx.send(window).expect("the receiver is alive");
         let (job_tx, job_rx) = channel::<Job>();
-        let (res_tx, res_rx) = channel::<Vec<Done>>();
+        let (res_tx, res_rx) = channel::<Handover>();
         let producer_res = res_tx.clone();
         std::thread::Builder::new()
             .name("wit-loader-order".into())
             .spawn(move || {
-                stream.skip(start);
-                produce(stream, start, credit_rx, job_tx, producer_res)
+                let ran = guarded("reading shards", || {
+                    stream.skip(start);
+                    produce(stream, start, credit_rx, job_tx, &producer_res)
+                });
+                if let Err(message) = ran {
+                    let _ = producer_res.send(Err(message));
+                }
             })
             .expect("spawn loader producer thread");
         let job_rx = Arc::new(Mutex::new(job_rx));
@@ -507,7 +540,7 @@ impl Pipeline {
             }
             self.return_credits();
             let ready = self.results.recv().map_err(|_| LoaderError::WorkersGone)?;
-            self.pending.extend(ready);
+            self.pending.extend(ready.map_err(LoaderError::Panicked)?);
         }
     }
 
@@ -530,7 +563,7 @@ fn produce(
     start: u64,
     credits: Receiver<usize>,
     jobs: Sender<Job>,
-    results: Sender<Vec<Done>>,
+    results: &Sender<Handover>,
 ) {
     let mut seq = start;
     let mut available = 0usize;
@@ -543,7 +576,7 @@ fn produce(
         }
         available -= 1;
         let Some((r, data)) = stream.next_sample() else {
-            let _ = results.send(vec![(seq, None)]);
+            let _ = results.send(Ok(vec![(seq, None)]));
             return;
         };
         let job = Job {
@@ -592,13 +625,23 @@ impl CropPool {
     }
 }
 
-fn work(jobs: &Mutex<Receiver<Job>>, results: &Sender<Vec<Done>>, ctx: &WorkerCtx) {
+fn work(jobs: &Mutex<Receiver<Job>>, results: &Sender<Handover>, ctx: &WorkerCtx) {
     let mut transformer = Transformer::new(ctx.image_size, ctx.crop);
     let mut ready = Vec::with_capacity(RESULTS_PER_HANDOVER);
     while let Some(job) = next_job(jobs, &mut ready, results) {
-        let out = job
-            .data
-            .and_then(|s| process(&s, job.seq, &mut transformer, ctx));
+        let (segment, idx) = job.key_hint;
+        let what = format!("decoding sample {idx} of segment {segment}");
+        let out = guarded(&what, || {
+            job.data
+                .and_then(|s| process(&s, job.seq, &mut transformer, ctx))
+        });
+        let out = match out {
+            Ok(out) => out,
+            Err(message) => {
+                let _ = results.send(Err(message));
+                return;
+            }
+        };
         if out.is_err() {
             tracing::debug!(
                 seq = job.seq,
@@ -608,7 +651,8 @@ fn work(jobs: &Mutex<Receiver<Job>>, results: &Sender<Vec<Done>>, ctx: &WorkerCt
             );
         }
         ready.push((job.seq, Some(out)));
-        if ready.len() >= RESULTS_PER_HANDOVER && results.send(std::mem::take(&mut ready)).is_err()
+        if ready.len() >= RESULTS_PER_HANDOVER
+            && results.send(Ok(std::mem::take(&mut ready))).is_err()
         {
             return;
         }
@@ -622,7 +666,7 @@ fn work(jobs: &Mutex<Receiver<Job>>, results: &Sender<Vec<Done>>, ctx: &WorkerCt
 fn next_job(
     jobs: &Mutex<Receiver<Job>>,
     ready: &mut Vec<Done>,
-    results: &Sender<Vec<Done>>,
+    results: &Sender<Handover>,
 ) -> Option<Job> {
     if let Ok(rx) = jobs.try_lock() {
         if let Ok(job) = rx.try_recv() {
@@ -630,7 +674,7 @@ fn next_job(
         }
     }
     if !ready.is_empty() {
-        results.send(std::mem::take(ready)).ok()?;
+        results.send(Ok(std::mem::take(ready))).ok()?;
     }
     jobs.lock().ok()?.recv().ok()
 }

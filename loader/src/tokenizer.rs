@@ -50,6 +50,31 @@ pub struct TextTokenizer {
     eot: u32,
     pad: u32,
     context: usize,
+    /// Bytes of a caption the tokenizer sees: [`input_budget`] of this vocabulary.
+    max_input_bytes: usize,
+}
+
+/// How many leading bytes of a caption can matter for `context` tokens: each of the
+/// `context - 2` kept tokens covers at most `longest_token` bytes of normalised text (a vocabulary
+/// string is at least as long, in UTF-8, as the input bytes it stands for: byte-level tokens spell
+/// each byte as one character), plus one token cut at the boundary, times 4 for normalisers that
+/// change byte lengths (NFC, lowercase). Only a normaliser that deletes more than that (say, a
+/// caption opening with kilobytes of whitespace) makes the prefix's tokens differ from the full
+/// caption's; a 1 GiB caption then costs what this prefix costs.
+fn input_budget(context: usize, longest_token: usize) -> usize {
+    (context - 1) * longest_token.max(1) * 4
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn prefix(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -90,12 +115,14 @@ impl TextTokenizer {
         let sot = find(&START_NAMES).ok_or_else(|| missing("start"))?;
         let eot = find(&END_NAMES).ok_or_else(|| missing("end"))?;
         let pad = find(&PAD_NAMES).unwrap_or(0);
+        let longest_token = inner.get_vocab(true).keys().map(String::len).max();
         Ok(TextTokenizer {
             inner,
             sot,
             eot,
             pad,
             context: CONTEXT_LENGTH,
+            max_input_bytes: input_budget(CONTEXT_LENGTH, longest_token.unwrap_or(1)),
         })
     }
 
@@ -145,11 +172,12 @@ impl TextTokenizer {
     }
 
     /// `[start] tokens [end] pad…`, exactly [`Self::context_length`] ids; long captions are
-    /// truncated before the end token so it is always present.
+    /// truncated before the end token so it is always present. Only the caption's first
+    /// [`Self::max_input_bytes`] bytes are tokenized: the rest cannot reach the context.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, LoaderError> {
         let enc = self
             .inner
-            .encode(text, false)
+            .encode(prefix(text, self.max_input_bytes), false)
             .map_err(|e| LoaderError::Tokenizer(e.to_string()))?;
         let body = enc.get_ids();
         let body = &body[..body.len().min(self.context - 2)];
@@ -188,8 +216,38 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// Bytes of a caption [`Self::encode`] reads at most (see `input_budget`).
+    pub fn max_input_bytes(&self) -> usize {
+        self.max_input_bytes
+    }
+
     /// Tokens per caption (77, CLIP's).
     pub fn context_length(&self) -> usize {
         self.context
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_caption_costs_its_prefix_and_gives_the_same_tokens() {
+        let captions = (0..200).map(|i| format!("a photo of dog number {i} on grass"));
+        let tok = TextTokenizer::train(captions, 400).unwrap();
+        let budget = tok.max_input_bytes();
+        assert!((1000..100_000).contains(&budget), "{budget}");
+        let long = "a photo of a dog on grass ".repeat(40);
+        let huge = format!("{}{}", long.repeat(8192), "é".repeat(1 << 20));
+        assert!(huge.len() > 10 << 20);
+        let started = std::time::Instant::now();
+        let ids = tok.encode(&huge).unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert_eq!(
+            ids,
+            tok.encode(&long).unwrap(),
+            "the prefix decides all 77 ids"
+        );
+        assert_eq!(prefix("aé", 2), "a", "cut on a character boundary");
     }
 }

@@ -3,7 +3,9 @@
 use crate::common;
 use crate::common::{config, jpeg, make_shards, python, write_tar};
 use std::collections::BTreeMap;
-use wit_loader::Loader;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use wit_loader::{Loader, LoaderError, ShardSource};
 
 const WDS_WRITER: &str = r#"
 import io, json, sys
@@ -171,4 +173,42 @@ fn all_corrupt_data_is_an_error_not_a_hang() {
     let mut l = Loader::new(config(vec![path.to_string_lossy().into()], 2)).unwrap();
     let err = l.next_batch().expect_err("no decodable sample");
     assert!(err.to_string().contains("no decodable samples"), "{err}");
+}
+
+/// Local files until armed, then a panic on open: a bug in a shard source (or a decoder) on a
+/// loader thread.
+#[derive(Debug)]
+struct PanicsWhenArmed(Arc<AtomicBool>);
+
+impl ShardSource for PanicsWhenArmed {
+    fn open(&self, url: &str) -> Result<Box<dyn std::io::Read + Send>, LoaderError> {
+        assert!(
+            !self.0.load(Ordering::SeqCst),
+            "injected failure opening {url}"
+        );
+        Ok(Box::new(std::fs::File::open(url)?))
+    }
+}
+
+#[test]
+fn a_panicking_loader_thread_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = make_shards(dir.path(), &[6, 6]);
+    let armed = Arc::new(AtomicBool::new(false));
+    let mut cfg = config(shards, 2);
+    cfg.source = Arc::new(PanicsWhenArmed(armed.clone()));
+    let mut l = Loader::new(cfg).unwrap();
+    armed.store(true, Ordering::SeqCst);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(l.next_batch().map(|_| ()).map_err(|e| e.to_string()));
+    });
+    let got = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the loader answered instead of waiting forever");
+    let err = got.expect_err("a panicked thread is an error");
+    assert!(
+        err.contains("panicked") && err.contains("injected failure"),
+        "{err}"
+    );
 }

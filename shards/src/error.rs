@@ -83,6 +83,17 @@ pub enum ShardError {
         /// What is wrong.
         reason: String,
     },
+    /// One sample was over its budget (members or bytes) and was read past: the stream goes
+    /// on with the next sample.
+    #[error("sample {key:?} at byte {offset} skipped: {reason} (the reader's per-sample limit)")]
+    SampleSkipped {
+        /// Offset of the sample's first member header.
+        offset: u64,
+        /// The sample's key.
+        key: String,
+        /// Which budget it exceeded.
+        reason: String,
+    },
     /// Reading the underlying stream failed.
     #[error(
         "reading tar stream at byte {offset}: {source} (check the file or connection and retry)"
@@ -104,6 +115,11 @@ fn member_suffix(member: &Option<String>) -> String {
 }
 
 impl ShardError {
+    /// Whether this error cost one sample only: a reader goes on after it.
+    pub fn is_sample_only(&self) -> bool {
+        matches!(self, ShardError::SampleSkipped { .. })
+    }
+
     /// Wraps an I/O error with the operation and path, so messages point at the file.
     pub(crate) fn io(
         op: &'static str,

@@ -2,7 +2,7 @@
 
 use crate::config::ShardConfig;
 use crate::error::ShardError;
-use crate::writer::ShardStats;
+use crate::writer::{sync_dir, ShardStats};
 use serde::Serialize;
 use std::fs::{self, File};
 use std::io::Write;
@@ -92,5 +92,6 @@ pub fn write_shard_index(dir: &Path) -> Result<PathBuf, ShardError> {
     file.sync_all().map_err(ShardError::io("fsync", &tmp))?;
     drop(file);
     fs::rename(&tmp, &path).map_err(ShardError::io("rename", &path))?;
+    sync_dir(dir)?;
     Ok(path)
 }

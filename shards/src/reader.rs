@@ -2,12 +2,23 @@
 //! webdataset's rule, with truncation and corruption reported as errors at their byte offset.
 
 use crate::error::ShardError;
+use std::collections::HashSet;
 use std::io::{ErrorKind, Read};
 
 const BLOCK: usize = 512;
 
-/// Members larger than this are refused: a garbage size field must not exhaust memory.
+/// Members larger than this end the stream as corrupt: no shard writer stores a 1 GiB member,
+/// so such a size field is garbage, and skipping it would read on into unrelated bytes.
 pub const MAX_MEMBER_BYTES: u64 = 1 << 30;
+
+/// Members one sample may hold. img2dataset writes 3 (image, `.json`, `.txt`); extra modalities
+/// add a few. A sample with more is skipped (one [`ShardError::SampleSkipped`] item), so a tar of
+/// a million tiny members under one key costs one skipped sample, not a million-element sample.
+pub const MAX_MEMBERS_PER_SAMPLE: usize = 64;
+
+/// Bytes of member data one sample may hold in memory. A sample over it is skipped, its data
+/// read past without being stored: one hostile sample costs one item, never the reader's memory.
+pub const MAX_SAMPLE_BYTES: u64 = 128 << 20;
 
 /// One WebDataset sample: the members that share a key, in tar order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,10 +69,11 @@ fn is_meta(name: &str) -> bool {
     first.len() >= 2 && first.starts_with("__") && first.ends_with("__")
 }
 
-struct Member {
+/// A kept member's header, its data not read yet.
+struct MemberHead {
     key: String,
     ext: String,
-    data: Vec<u8>,
+    size: u64,
     offset: u64,
     name: String,
 }
@@ -73,11 +85,14 @@ struct Overrides {
     size: Option<u64>,
 }
 
-/// Streams samples out of a tar. Stops after the first error; never panics on bad input.
+/// Streams samples out of a tar. Stops after the first error, except a sample over its budget
+/// ([`ShardError::SampleSkipped`]), which takes its place as one item; never panics on bad input.
 pub struct ShardReader<R> {
     src: R,
     offset: u64,
-    pending: Option<Member>,
+    /// The header of the next sample's first member, read while finding the end of the previous
+    /// sample; the stream sits at its data.
+    pending: Option<MemberHead>,
     /// The end-of-archive block was seen: nothing after it is read.
     at_end: bool,
     done: bool,
@@ -155,8 +170,32 @@ impl<R: Read> ShardReader<R> {
         Ok(data)
     }
 
-    /// The next regular file that webdataset would keep, or `None` at the end of the archive.
-    fn next_member(&mut self) -> Result<Option<Member>, ShardError> {
+    /// Reads past `size` bytes of member data plus padding without storing them.
+    fn skip_data(&mut self, size: u64, name: &str) -> Result<(), ShardError> {
+        let padded = size.div_ceil(BLOCK as u64) * BLOCK as u64;
+        let skipped = std::io::copy(&mut (&mut self.src).take(padded), &mut std::io::sink());
+        let skipped = match skipped {
+            Ok(n) => n,
+            Err(source) => {
+                return Err(ShardError::Read {
+                    offset: self.offset,
+                    source,
+                })
+            }
+        };
+        self.offset += skipped;
+        if skipped < padded {
+            return Err(ShardError::Truncated {
+                offset: self.offset,
+                member: Some(name.to_string()),
+            });
+        }
+        Ok(())
+    }
+
+    /// The header of the next regular file that webdataset would keep, or `None` at the end of
+    /// the archive. Members it ignores are read past without storing their data.
+    fn next_member(&mut self) -> Result<Option<MemberHead>, ShardError> {
         let mut over = Overrides::default();
         while !self.at_end {
             let offset = self.offset;
@@ -183,21 +222,30 @@ impl<R: Read> ShardReader<R> {
                     ),
                 });
             }
-            let data = self.read_data(size, &name)?;
             match header.typeflag {
-                b'x' => over = parse_pax(&data, offset, over)?,
-                b'L' => over.path = Some(c_string(&data)),
-                b'0' | 0 | b'7' if !name.ends_with('/') => {
-                    if let Some(member) = keep(name, data, offset) {
-                        return Ok(Some(member));
+                b'x' => over = parse_pax(&self.read_data(size, &name)?, offset, over)?,
+                b'L' => over.path = Some(c_string(&self.read_data(size, &name)?)),
+                b'0' | 0 | b'7' if !name.ends_with('/') => match keep(&name) {
+                    Some((key, ext)) => {
+                        return Ok(Some(MemberHead {
+                            key,
+                            ext,
+                            size,
+                            offset,
+                            name,
+                        }))
                     }
-                }
-                _ => {}
+                    None => self.skip_data(size, &name)?,
+                },
+                _ => self.skip_data(size, &name)?,
             }
         }
         Ok(None)
     }
 
+    /// The next sample. Members are grouped in one pass (a set of extensions, not a scan per
+    /// member); a sample over [`MAX_MEMBERS_PER_SAMPLE`] or [`MAX_SAMPLE_BYTES`] has the rest of
+    /// its data read past and comes back as [`ShardError::SampleSkipped`].
     fn next_sample(&mut self) -> Result<Option<Sample>, ShardError> {
         let first = match self.pending.take() {
             Some(m) => m,
@@ -206,40 +254,60 @@ impl<R: Read> ShardReader<R> {
                 None => return Ok(None),
             },
         };
-        let mut sample = Sample {
-            key: first.key,
-            members: vec![(first.ext, first.data)],
-        };
-        while let Some(m) = self.next_member()? {
-            if m.key != sample.key {
+        let (key, offset) = (first.key.clone(), first.offset);
+        let mut members = Vec::new();
+        let mut exts = HashSet::new();
+        let mut bytes = 0u64;
+        let mut skip: Option<String> = None;
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            if m.key != key {
                 self.pending = Some(m);
                 break;
             }
-            if sample.get(&m.ext).is_some() {
-                return Err(ShardError::Corrupt {
-                    offset: m.offset,
-                    member: Some(m.name),
-                    reason: format!("duplicate extension {:?} in sample {:?}", m.ext, sample.key),
-                });
+            if skip.is_none() {
+                if !exts.insert(m.ext.clone()) {
+                    return Err(ShardError::Corrupt {
+                        offset: m.offset,
+                        member: Some(m.name),
+                        reason: format!("duplicate extension {:?} in sample {:?}", m.ext, key),
+                    });
+                }
+                bytes = bytes.saturating_add(m.size);
+                if exts.len() > MAX_MEMBERS_PER_SAMPLE {
+                    skip = Some(format!("more than {MAX_MEMBERS_PER_SAMPLE} members"));
+                } else if bytes > MAX_SAMPLE_BYTES {
+                    skip = Some(format!("more than {MAX_SAMPLE_BYTES} bytes of members"));
+                }
             }
-            sample.members.push((m.ext, m.data));
+            if skip.is_some() {
+                exts = HashSet::new();
+                members = Vec::new();
+                self.skip_data(m.size, &m.name)?;
+            } else {
+                let data = self.read_data(m.size, &m.name)?;
+                members.push((m.ext, data));
+            }
+            next = self.next_member()?;
         }
-        Ok(Some(sample))
+        if let Some(reason) = skip {
+            return Err(ShardError::SampleSkipped {
+                offset,
+                key,
+                reason,
+            });
+        }
+        Ok(Some(Sample { key, members }))
     }
 }
 
-fn keep(name: String, data: Vec<u8>, offset: u64) -> Option<Member> {
-    if is_meta(&name) {
+/// The (key, lowercased extension) of a member webdataset keeps.
+fn keep(name: &str) -> Option<(String, String)> {
+    if is_meta(name) {
         return None;
     }
-    let (key, ext) = split_key(&name)?;
-    Some(Member {
-        key: key.to_string(),
-        ext: ext.to_lowercase(),
-        data,
-        offset,
-        name: name.clone(),
-    })
+    let (key, ext) = split_key(name)?;
+    Some((key.to_string(), ext.to_lowercase()))
 }
 
 impl<R: Read> Iterator for ShardReader<R> {
@@ -250,11 +318,16 @@ impl<R: Read> Iterator for ShardReader<R> {
             return None;
         }
         let result = self.next_sample().transpose();
-        if !matches!(result, Some(Ok(_))) {
+        if !matches!(&result, Some(Ok(_))) && !result.as_ref().is_some_and(ends_sample_only) {
             self.done = true;
         }
         result
     }
+}
+
+/// Whether an item is a skipped sample, after which the stream goes on.
+fn ends_sample_only(item: &Result<Sample, ShardError>) -> bool {
+    item.as_ref().is_err_and(ShardError::is_sample_only)
 }
 
 /// The fields of a tar header that grouping needs.
@@ -412,6 +485,68 @@ mod tests {
         let err = r.next().unwrap().unwrap_err();
         assert!(err.to_string().contains("byte 0"), "{err}");
         assert!(r.next().is_none());
+    }
+
+    /// A ustar member `name` holding `data`.
+    fn member(out: &mut Vec<u8>, name: &str, data: &[u8]) {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(BLOCK) * BLOCK, 0);
+    }
+
+    fn keys(items: &[Result<Sample, ShardError>]) -> Vec<String> {
+        items
+            .iter()
+            .map(|i| match i {
+                Ok(s) => s.key.clone(),
+                Err(e) => format!("skipped: {e}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_sample_over_its_member_budget_is_one_skipped_item_and_reading_goes_on() {
+        let mut tar = Vec::new();
+        member(&mut tar, "a.txt", b"first");
+        // Quadratic grouping takes minutes here (100k members took 8.8 s in a release build).
+        let n = 50_000;
+        for i in 0..n {
+            member(&mut tar, &format!("big.{i}"), b"");
+        }
+        member(&mut tar, "c.txt", b"after");
+        tar.extend_from_slice(&[0u8; 1024]);
+        let started = std::time::Instant::now();
+        let items: Vec<_> = ShardReader::new(&tar[..]).collect();
+        let took = started.elapsed();
+        eprintln!("grouping {n} members took {took:?}");
+        assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+        let keys = keys(&items);
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        assert_eq!((keys[0].as_str(), keys[2].as_str()), ("a", "c"));
+        assert!(
+            keys[1].contains("\"big\"") && keys[1].contains("more than 64 members"),
+            "{}",
+            keys[1]
+        );
+        assert_eq!(items[2].as_ref().unwrap().caption(), Some("after"));
+    }
+
+    #[test]
+    fn a_sample_over_its_byte_budget_is_skipped_without_storing_it() {
+        let mut tar = Vec::new();
+        let half = vec![7u8; (MAX_SAMPLE_BYTES / 2 + 1) as usize];
+        member(&mut tar, "big.jpg", &half);
+        member(&mut tar, "big.png", &half);
+        member(&mut tar, "ok.txt", b"fine");
+        tar.extend_from_slice(&[0u8; 1024]);
+        let keys = keys(&ShardReader::new(&tar[..]).collect::<Vec<_>>());
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(keys[0].contains("bytes of members"), "{}", keys[0]);
+        assert_eq!(keys[1], "ok");
     }
 
     #[test]

@@ -105,7 +105,8 @@ pub struct ShardWriter {
     summary: Summary,
     start: SystemTime,
     finished: bool,
-    published: Vec<PathBuf>,
+    /// Final names renamed over so far by `finish` (0 to 3).
+    renamed: usize,
 }
 
 fn epoch_seconds(t: SystemTime) -> f64 {
@@ -120,15 +121,13 @@ fn remove_if_exists(path: &Path) -> Result<(), ShardError> {
     }
 }
 
-/// Renames `from` to `to` after flushing `from` to disk.
-fn commit(file: File, from: &Path, to: &Path) -> Result<(), ShardError> {
-    file.sync_all().map_err(ShardError::io("fsync", from))?;
-    drop(file);
-    fs::rename(from, to).map_err(ShardError::io("rename", to))
+/// Flushes a finished temporary file to disk before it is renamed.
+fn flush(file: File, path: &Path) -> Result<(), ShardError> {
+    file.sync_all().map_err(ShardError::io("fsync", path))
 }
 
 /// Makes renames inside `dir` durable.
-fn sync_dir(dir: &Path) -> Result<(), ShardError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), ShardError> {
     #[cfg(unix)]
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -137,8 +136,10 @@ fn sync_dir(dir: &Path) -> Result<(), ShardError> {
 }
 
 impl ShardWriter {
-    /// Starts shard `shard_id` in `dir`, removing any earlier attempt at it (final files,
-    /// starting with the `_stats.json` marker, and the dot-prefixed temporaries of a killed run).
+    /// Starts shard `shard_id` in `dir`, removing the dot-prefixed temporaries of a killed run.
+    /// An earlier shard under the final names stays whole and readable until `finish` renames
+    /// the new files over it: a rewrite (`--retry-failed`) killed at any point leaves the old
+    /// shard or the new one, never neither.
     pub fn create(dir: &Path, shard_id: u64, cfg: &ShardConfig) -> Result<ShardWriter, ShardError> {
         cfg.validate()?;
         fs::create_dir_all(dir).map_err(ShardError::io("create folder", dir))?;
@@ -152,11 +153,8 @@ impl ShardWriter {
             summary: Summary::default(),
             start: SystemTime::now(),
             finished: false,
-            published: Vec::new(),
+            renamed: 0,
         };
-        for path in writer.final_paths().iter().rev() {
-            remove_if_exists(path)?;
-        }
         for path in writer.temp_paths() {
             remove_if_exists(&path)?;
         }
@@ -290,8 +288,10 @@ impl ShardWriter {
         self.rows.is_empty()
     }
 
-    /// Writes the tar, the parquet and `_stats.json` (last), each under a temporary name that is
-    /// fsynced and renamed, so a crash never leaves a partial file under a final name.
+    /// Writes the tar, the parquet and `_stats.json` under temporary names and fsyncs them, then
+    /// renames each over its final name (`_stats.json` last) and fsyncs the folder, so a crash
+    /// never leaves a partial file under a final name, and an earlier shard under those names
+    /// stays complete until the new one is.
     pub fn finish(mut self) -> Result<ShardStats, ShardError> {
         let mut stats = ShardStats::default();
         for entry in self.rows.values() {
@@ -313,7 +313,6 @@ impl ShardWriter {
     }
 
     fn publish(&mut self, stats: &mut ShardStats) -> Result<(), ShardError> {
-        let [tar_path, parquet_path, stats_path] = self.final_paths();
         let spool_path = self.temp("spool");
         let shard_id = self.shard_id;
         let spool = self.spool.take().ok_or(ShardError::Poisoned { shard_id })?;
@@ -321,15 +320,15 @@ impl ShardWriter {
             .into_inner()
             .map_err(|e| ShardError::io("write", &spool_path)(e.into_error()))?;
 
-        let tmp = self.temp("tar");
-        let tar = self.write_tar(&mut spool, &tmp)?;
-        self.publish_file(tar, &tmp, &tar_path)?;
+        let tar_tmp = self.temp("tar");
+        let tar = self.write_tar(&mut spool, &tar_tmp)?;
+        flush(tar, &tar_tmp)?;
 
-        let tmp = self.temp("parquet");
-        let file = File::create(&tmp).map_err(ShardError::io("create", &tmp))?;
+        let parquet_tmp = self.temp("parquet");
+        let file = File::create(&parquet_tmp).map_err(ShardError::io("create", &parquet_tmp))?;
         let rows: Vec<&MetadataRow> = self.rows.values().map(|e| &e.meta).collect();
-        let file = write_parquet(file, &tmp, &rows, &self.cfg.extra_columns)?;
-        self.publish_file(file, &tmp, &parquet_path)?;
+        let file = write_parquet(file, &parquet_tmp, &rows, &self.cfg.extra_columns)?;
+        flush(file, &parquet_tmp)?;
 
         let end = SystemTime::now();
         stats.start_time = epoch_seconds(self.start);
@@ -337,22 +336,22 @@ impl ShardWriter {
         stats.duration = end
             .duration_since(self.start)
             .map_or(0.0, |d| d.as_secs_f64());
-        let tmp = self.temp("stats.json");
+        let stats_tmp = self.temp("stats.json");
         let json = serde_json::to_vec_pretty(stats).map_err(|source| ShardError::Json {
-            path: tmp.clone(),
+            path: stats_tmp.clone(),
             source,
         })?;
-        let mut file = File::create(&tmp).map_err(ShardError::io("create", &tmp))?;
+        let mut file = File::create(&stats_tmp).map_err(ShardError::io("create", &stats_tmp))?;
         file.write_all(&json)
-            .map_err(ShardError::io("write", &tmp))?;
-        self.publish_file(file, &tmp, &stats_path)?;
-        sync_dir(&self.dir)
-    }
+            .map_err(ShardError::io("write", &stats_tmp))?;
+        flush(file, &stats_tmp)?;
 
-    fn publish_file(&mut self, file: File, tmp: &Path, dest: &Path) -> Result<(), ShardError> {
-        commit(file, tmp, dest)?;
-        self.published.push(dest.to_path_buf());
-        Ok(())
+        let temps = [tar_tmp, parquet_tmp, stats_tmp];
+        for (tmp, dest) in temps.iter().zip(self.final_paths()) {
+            fs::rename(tmp, &dest).map_err(ShardError::io("rename", &dest))?;
+            self.renamed += 1;
+        }
+        sync_dir(&self.dir)
     }
 
     /// Writes every success's members in key order, then extension order.
@@ -431,13 +430,20 @@ fn append_member(
 }
 
 impl Drop for ShardWriter {
-    /// An unfinished shard leaves nothing behind: no temporaries and no final-named file.
+    /// An unfinished shard leaves no temporaries. An earlier shard under the final names stays,
+    /// unless a failed rename left it part old, part new: then its files go, marker first, so
+    /// the shard reads as unfinished and is written again.
     fn drop(&mut self) {
         if self.finished {
             return;
         }
         self.spool = None;
-        for path in self.temp_paths().iter().chain(self.published.iter().rev()) {
+        let mixed = if (1..3).contains(&self.renamed) {
+            self.final_paths().into_iter().rev().collect()
+        } else {
+            Vec::new()
+        };
+        for path in self.temp_paths().iter().chain(&mixed) {
             let _ = fs::remove_file(path);
         }
     }

@@ -87,6 +87,46 @@ fn create_cleans_up_after_an_earlier_attempt() {
     }
 }
 
+#[test]
+fn a_rewrite_keeps_the_old_shard_until_the_new_one_is_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    write_shard(dir.path(), 0, &records(20));
+    let finals = ["00000.tar", "00000.parquet", "00000_stats.json"];
+    let read_all = || finals.map(|f| fs::read(dir.path().join(f)).unwrap());
+    let old = read_all();
+    let mut w = ShardWriter::create(dir.path(), 0, &test_config()).unwrap();
+    for (row, rec) in records(5) {
+        w.write(row, &rec).unwrap();
+    }
+    assert!(
+        read_all() == old,
+        "the old shard is intact while the new one is written"
+    );
+    drop(w);
+    assert!(
+        read_all() == old,
+        "an abandoned rewrite leaves the old shard"
+    );
+    assert!(shard_is_complete(dir.path(), 0, &test_config()));
+    let mut w = ShardWriter::create(dir.path(), 0, &test_config()).unwrap();
+    for (row, rec) in records(5) {
+        w.write(row, &rec).unwrap();
+    }
+    assert_eq!(w.finish().unwrap().count, 5);
+    let reference = tempfile::tempdir().unwrap();
+    write_shard(reference.path(), 0, &records(5));
+    for f in ["00000.tar", "00000.parquet"] {
+        assert!(
+            fs::read(dir.path().join(f)).unwrap() == fs::read(reference.path().join(f)).unwrap(),
+            "{f} is the new shard's"
+        );
+    }
+    assert_eq!(
+        names(dir.path()),
+        ["00000.parquet", "00000.tar", "00000_stats.json"]
+    );
+}
+
 const CHILD_ENV: &str = "WIT_SHARDS_KILL_TEST_DIR";
 const SHARDS: u64 = 3;
 

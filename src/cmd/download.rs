@@ -183,8 +183,12 @@ fn progress_bar() -> ProgressBar {
 }
 
 /// Counts the input rows on a side thread so the bar can show a total and an ETA without
-/// delaying the start (a second streaming pass; memory stays flat).
+/// delaying the start (a second streaming pass; memory stays flat). Not for a pipe: the count
+/// would consume the rows the download reads.
 fn count_rows_in_background(input: &InputSpec, cfg: &DownloadConfig, bar: ProgressBar) {
+    if !wit_crawler::input::rereadable(input) {
+        return;
+    }
     let (spec, sps, part) = (input.clone(), cfg.shards.samples_per_shard, cfg.part);
     std::thread::spawn(move || {
         let Ok(rows) = wit_crawler::input::read_rows(&spec) else {

@@ -161,13 +161,19 @@ impl<'a> TarCursor<'a> {
         Ok(cursor)
     }
 
+    /// Moves to the next sample; one the reader skipped over its budget counts as undecodable.
     fn advance(&mut self) -> anyhow::Result<()> {
-        self.next = self
-            .reader
-            .next()
-            .transpose()
-            .with_context(|| format!("reading {}", self.path.display()))?;
-        Ok(())
+        loop {
+            match self.reader.next() {
+                Some(Err(e)) if e.is_sample_only() => self.deep.undecodable += 1,
+                next => {
+                    self.next = next
+                        .transpose()
+                        .with_context(|| format!("reading {}", self.path.display()))?;
+                    return Ok(());
+                }
+            }
+        }
     }
 
     /// The decoded image of the success row `key`; tar samples before it are orphans.

@@ -55,13 +55,17 @@ pub fn grid(stats_files: &[PathBuf], n: usize, seed: u64) -> anyhow::Result<Vec<
     Ok(out)
 }
 
-/// Uniformly chooses `k` samples with an image from a tar, in one streaming pass.
+/// Uniformly chooses `k` samples with an image from a tar, in one streaming pass; samples the
+/// reader skipped over their budget are not candidates.
 fn reservoir(tar: &PathBuf, k: usize, rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<Sample>> {
     let file = File::open(tar).with_context(|| format!("opening {}", tar.display()))?;
     let mut kept: Vec<Sample> = Vec::with_capacity(k);
     let mut seen = 0u64;
     for sample in ShardReader::new(BufReader::new(file)) {
-        let sample = sample.with_context(|| format!("reading {}", tar.display()))?;
+        let sample = match sample {
+            Err(e) if e.is_sample_only() => continue,
+            other => other.with_context(|| format!("reading {}", tar.display()))?,
+        };
         if sample.image().is_none() {
             continue;
         }

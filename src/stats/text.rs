@@ -4,13 +4,32 @@ use super::html::{bytes, count, pct};
 use super::schema::{Distribution, Stats};
 use std::fmt::Write;
 
+/// Makes a data-derived string safe to print to a terminal: control characters (ESC starts
+/// colour, cursor and OSC title/hyperlink sequences; BEL, CR and BS rewrite what is shown) and
+/// Unicode bidirectional overrides become visible `\u{..}` escapes. Every string `summary`
+/// prints that came from the shards (hosts, errors, words, languages, status names) goes
+/// through it.
+pub fn terminal_safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A dozen lines a person reads in a terminal; the details are in `stats.json` and the report.
+/// Data-derived strings are printed through [`terminal_safe`].
 pub fn summary(s: &Stats) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
         "{}: {} shards, {} rows, {} successes ({})",
-        s.folder,
+        terminal_safe(&s.folder),
         s.shards,
         s.count,
         s.successes,
@@ -20,11 +39,11 @@ pub fn summary(s: &Stats) -> String {
         .statuses
         .iter()
         .filter(|(_, v)| **v > 0)
-        .map(|(k, v)| format!("{k} {v}"))
+        .map(|(k, v)| format!("{} {v}", terminal_safe(k)))
         .collect();
     let _ = writeln!(t, "statuses: {}", statuses.join(", "));
     if let Some(e) = s.top_errors.first() {
-        let _ = writeln!(t, "top error: {} ({}x)", e.value, e.count);
+        let _ = writeln!(t, "top error: {} ({}x)", terminal_safe(&e.value), e.count);
     }
     if s.throughput.wall_seconds > 0.0 {
         let _ = writeln!(
@@ -57,7 +76,7 @@ pub fn summary(s: &Stats) -> String {
         items
             .iter()
             .take(5)
-            .map(|r| r.value.as_str())
+            .map(|r| terminal_safe(&r.value))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -91,4 +110,21 @@ pub fn summary(s: &Stats) -> String {
         );
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::terminal_safe;
+
+    #[test]
+    fn control_and_bidi_characters_are_escaped() {
+        let hostile = "a\u{1b}]8;;http://x\u{7}b\u{1b}[2Jc\rd\u{202e}e\u{9b}f";
+        let safe = terminal_safe(hostile);
+        assert!(
+            !safe.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{safe:?}"
+        );
+        assert!(safe.starts_with("a\\u{1b}]8;;http://x\\u{7}b"), "{safe}");
+        assert_eq!(terminal_safe("plain.example, café"), "plain.example, café");
+    }
 }
