@@ -7,6 +7,7 @@ mod bench_smoke;
 mod crawl;
 mod curate;
 mod download;
+mod hostile_images;
 mod stats;
 mod testweb;
 mod train;
