@@ -10,7 +10,15 @@ use std::io::Cursor;
 use wit_crawler::imaging::{process, ImageOptions, ResizeMode};
 use wit_shards::ImageFormat;
 
-const CODECS: &[Codec] = &[Codec::Png, Codec::Jpeg, Codec::Gif, Codec::Bmp, Codec::WebP];
+const CODECS: &[Codec] = &[
+    Codec::Png,
+    Codec::Jpeg,
+    Codec::Gif,
+    Codec::Bmp,
+    Codec::WebP,
+    Codec::Tiff,
+    Codec::Ico,
+];
 const MODES: &[ResizeMode] = &[
     ResizeMode::No,
     ResizeMode::KeepRatio,

@@ -19,6 +19,12 @@ const MAX_PIXELS: u64 = 89_478_485;
 /// The largest decode buffer a [`Transformer`] keeps for the next image (a 2,048² RGB photo).
 const MAX_KEPT_DECODE: usize = 2048 * 2048 * 3;
 
+/// Evaluation crops resize the whole image and then cut the square, as torchvision does, only
+/// while each intermediate image has at most this many target squares' pixels (or no more
+/// pixels than the decoded image). Past that — a 1×N strip scales to target × target·N — the
+/// square is resampled straight from its part of the source, the way training crops are.
+const MAX_CENTER_RESIZE_SQUARES: u64 = 16;
+
 /// How a training (or eval) square is cut from an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum CropMode {
@@ -116,10 +122,11 @@ pub fn clip_box(width: u32, height: u32, target: u32, rng: &mut impl Rng) -> Cro
     let short = width.min(height) as f64;
     let resized_short = (target as f64 * 8.0 / 7.0).ceil();
     let f = resized_short / short;
-    let rw = ((width as f64 * f).round() as u32).max(target);
-    let rh = ((height as f64 * f).round() as u32).max(target);
-    let x = rng.random_range(0..=(rw - target)) as f64;
-    let y = rng.random_range(0..=(rh - target)) as f64;
+    // In u64: a 1×N strip's long side is N·target·8/7 once resized, past u32.
+    let resized = |v: u32| ((v as f64 * f).round() as u64).max(u64::from(target));
+    let (rw, rh) = (resized(width), resized(height));
+    let x = rng.random_range(0..=(rw - u64::from(target))) as f64;
+    let y = rng.random_range(0..=(rh - u64::from(target))) as f64;
     let (fx, fy) = (rw as f64 / width as f64, rh as f64 / height as f64);
     CropBox {
         left: x / fx,
@@ -130,28 +137,29 @@ pub fn clip_box(width: u32, height: u32, target: u32, rng: &mut impl Rng) -> Cro
     }
 }
 
-/// torchvision's `Resize(target)` size: short side to target, long side truncated.
-fn center_resized(width: u32, height: u32, target: u32) -> (u32, u32) {
-    let (w, h) = (width as f64, height as f64);
+/// torchvision's `Resize(target)` size: short side to target, long side truncated. In f64: the
+/// long side of a 1×N strip is target·N, past u32.
+fn center_resized(width: u32, height: u32, target: u32) -> (f64, f64) {
+    let (w, h, t) = (width as f64, height as f64, target as f64);
     if width <= height {
-        (target, (target as f64 * h / w) as u32)
+        (t, (t * h / w).floor())
     } else {
-        ((target as f64 * w / h) as u32, target)
+        ((t * w / h).floor(), t)
     }
 }
 
 /// torchvision's `Resize(target)` followed by `CenterCrop(target)`, as a box in source pixels.
 pub fn center_box(width: u32, height: u32, target: u32) -> CropBox {
     let (nw, nh) = center_resized(width, height, target);
-    let t = target;
-    let off_x = ((nw - t) as f64 / 2.0).round();
-    let off_y = ((nh - t) as f64 / 2.0).round();
-    let (fx, fy) = (nw as f64 / width as f64, nh as f64 / height as f64);
+    let t = target as f64;
+    let off_x = ((nw - t) / 2.0).round();
+    let off_y = ((nh - t) / 2.0).round();
+    let (fx, fy) = (nw / width as f64, nh / height as f64);
     CropBox {
         left: off_x / fx,
         top: off_y / fy,
-        width: t as f64 / fx,
-        height: t as f64 / fy,
+        width: t / fx,
+        height: t / fy,
         clamp_to_box: false,
     }
 }
@@ -169,8 +177,9 @@ pub enum DecodeError {
 pub use wit_jpeg::Rgb;
 
 /// Decodes `bytes` to RGB. JPEGs go to libjpeg-turbo (`wit-jpeg`), shrunk by 8, 4 or 2 in the
-/// DCT domain while the short side stays at least `min_short`; CMYK and YCCK JPEGs, PNG and WebP
-/// go to the `image` crate.
+/// DCT domain while the short side stays at least `min_short`; CMYK and YCCK JPEGs and the other
+/// formats go to the `image` crate. Either way an image over [`MAX_PIXELS`] is refused from its
+/// header, before anything is allocated for its pixels.
 pub fn decode_rgb(bytes: &[u8], min_short: u32) -> Result<Rgb, DecodeError> {
     decode_rgb_into(bytes, min_short, Vec::new())
 }
@@ -191,10 +200,7 @@ fn decode_rgb_into(bytes: &[u8], min_short: u32, buffer: Vec<u8>) -> Result<Rgb,
             Err(e) => return Err(DecodeError::Corrupt(e.to_string())),
         }
     }
-    let img = image::load_from_memory(bytes).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
-    if img.width() as u64 * img.height() as u64 > MAX_PIXELS {
-        return Err(DecodeError::TooLarge);
-    }
+    let img = decode_other(bytes)?;
     let (width, height) = (img.width(), img.height());
     // Direct loops for the common 8-bit layouts: `image`'s generic conversion goes through f32
     // per sample and cost as much as a third of the JPEG decode on greyscale images. Alpha is
@@ -210,6 +216,26 @@ fn decode_rgb_into(bytes: &[u8], min_short: u32, buffer: Vec<u8>) -> Result<Rgb,
         height,
         pixels,
     })
+}
+
+/// Decodes a non-JPEG (or a JPEG libjpeg-turbo leaves to `image`): the header first, so a file
+/// over [`MAX_PIXELS`] costs nothing, then the pixels under `image`'s allocation limit.
+fn decode_other(bytes: &[u8]) -> Result<image::DynamicImage, DecodeError> {
+    use image::ImageDecoder;
+    let corrupt = |e: image::ImageError| DecodeError::Corrupt(e.to_string());
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let mut limits = image::Limits::default();
+    // Room for 16-bit RGBA at the pixel limit; the pixel count itself is checked below.
+    limits.max_alloc = Some(MAX_PIXELS * 8);
+    reader.limits(limits);
+    let decoder = reader.into_decoder().map_err(corrupt)?;
+    let (w, h) = decoder.dimensions();
+    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+        return Err(DecodeError::TooLarge);
+    }
+    image::DynamicImage::from_decoder(decoder).map_err(corrupt)
 }
 
 /// Grey samples repeated into R, G and B.
@@ -307,7 +333,7 @@ impl Transformer {
         let err = |e: &dyn std::fmt::Display| DecodeError::Corrupt(e.to_string());
         let src = ImageRef::new(img.width, img.height, &img.pixels, PixelType::U8x3)
             .map_err(|e| err(&e))?;
-        if self.mode == CropMode::Center {
+        if self.mode == CropMode::Center && self.center_fits(img) {
             return self.resize_then_center(&src, img);
         }
         // A recycled buffer already has the length: every byte is overwritten, none zeroed.
@@ -328,7 +354,10 @@ impl Transformer {
                 .resize(&view, &mut dst, &alg)
                 .map_err(|e| err(&e))?;
         } else {
-            let opts = alg.crop(b.left, b.top, b.width, b.height);
+            // Rounding may put the far edge a hair past the image, which the resizer refuses.
+            let (w, h) = (img.width as f64, img.height as f64);
+            let (left, top) = (b.left.clamp(0.0, w - 1.0), b.top.clamp(0.0, h - 1.0));
+            let opts = alg.crop(left, top, b.width.min(w - left), b.height.min(h - top));
             self.resizer
                 .resize(&src, &mut dst, &opts)
                 .map_err(|e| err(&e))?;
@@ -336,11 +365,23 @@ impl Transformer {
         Ok(dst.into_vec())
     }
 
+    /// Whether [`Transformer::resize_then_center`]'s intermediate images (`nw`×`h`, then
+    /// `nw`×`nh`) stay within [`MAX_CENTER_RESIZE_SQUARES`] target squares or the decoded size.
+    fn center_fits(&self, img: &Rgb) -> bool {
+        let (nw, nh) = center_resized(img.width, img.height, self.target);
+        let t = self.target as f64;
+        let budget =
+            (MAX_CENTER_RESIZE_SQUARES as f64 * t * t).max(img.width as f64 * img.height as f64);
+        nw * img.height as f64 <= budget && nw * nh <= budget
+    }
+
     /// Evaluation crops resize the whole image, then cut the square, exactly as torchvision on
-    /// PIL does (a single cropped pass differs at the square's edges).
+    /// PIL does (a single cropped pass differs at the square's edges); only called when
+    /// [`Transformer::center_fits`], so both sizes fit u32.
     fn resize_then_center(&mut self, src: &ImageRef, img: &Rgb) -> Result<Vec<u8>, DecodeError> {
         let t = self.target;
         let (nw, nh) = center_resized(img.width, img.height, t);
+        let (nw, nh) = (nw as u32, nh as u32);
         // Pillow resamples horizontally first and clips to u8 between passes; do the same.
         let mut resized = img.pixels.clone();
         if nw != img.width {
@@ -451,6 +492,52 @@ mod tests {
                 assert_eq!(got, want, "{w}x{h} {mode:?}");
             }
         }
+    }
+
+    #[test]
+    fn strips_are_cropped_from_their_source_in_every_mode() {
+        // torchvision's Resize(224) makes a 1×200,000 strip 224×44,800,000 (30 GB of RGB).
+        for (w, h) in [(1u32, 200_000u32), (200_000, 1)] {
+            let pixels = (0..w * h * 3).map(|i| (i % 251) as u8).collect();
+            let img = Rgb {
+                width: w,
+                height: h,
+                pixels,
+            };
+            for mode in [CropMode::Rrc, CropMode::Clip, CropMode::Center] {
+                let mut t = Transformer::new(224, mode);
+                let b = t.crop_box(w, h, &mut rand_chacha::ChaCha8Rng::seed_from_u64(5));
+                assert!(
+                    b.left >= 0.0 && b.left + b.width <= w as f64 + 1e-6,
+                    "{b:?}"
+                );
+                assert!(b.top >= 0.0 && b.top + b.height <= h as f64 + 1e-6, "{b:?}");
+                let out = t.crop_resize(&img, b).unwrap();
+                assert_eq!(out.len(), 224 * 224 * 3, "{w}x{h} {mode:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_over_the_pixel_cap_is_refused_before_decoding() {
+        // A PNG header saying 50,000×50,000 (7.5 GB of RGB) over a few bytes of data.
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut chunk = |kind: &[u8], data: &[u8]| {
+            png.extend((data.len() as u32).to_be_bytes());
+            let mut crc = flate2::Crc::new();
+            crc.update(kind);
+            crc.update(data);
+            png.extend(kind);
+            png.extend(data);
+            png.extend(crc.sum().to_be_bytes());
+        };
+        let mut ihdr = 50_000u32.to_be_bytes().to_vec();
+        ihdr.extend(50_000u32.to_be_bytes());
+        ihdr.extend([8, 2, 0, 0, 0]);
+        chunk(b"IHDR", &ihdr);
+        chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+        chunk(b"IEND", &[]);
+        assert_eq!(decode_rgb(&png, 224).unwrap_err(), DecodeError::TooLarge);
     }
 
     #[test]
