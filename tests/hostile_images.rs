@@ -193,7 +193,9 @@ fn strips_under_every_resize_mode_are_stored_or_refused_without_scaling_them_who
     // 196 GB (and a saturating cast on the way).
     let n = 1_000_000;
     let files = [("/tall.png", strip(1, n)), ("/wide.png", strip(n, 1))];
-    let modes: [(&str, Option<[(u32, u32); 2]>, &str); 5] = [
+    // (mode, the stored sizes of the two strips, or the message naming the flag that refuses them)
+    type Expected<'a> = (&'a str, Option<[(u32, u32); 2]>, &'a str);
+    let modes: [Expected; 5] = [
         ("center_crop", Some([(256, 256), (256, 256)]), ""),
         ("border", Some([(256, 256), (256, 256)]), ""),
         ("keep_ratio_largest", Some([(1, 256), (256, 1)]), ""),

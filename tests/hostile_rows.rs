@@ -1,11 +1,10 @@
 //! Hostile rows, samples and files through the real `wit` binary: each bad input costs one row or
 //! one sample, never the run, and memory stays bounded (issue #24, items 9, 11, 12, 13).
 
-use crate::common::hostile::{wit_capped, LoopbackServer, Route};
+use crate::common::hostile::{wit_capped, wit_capped_fed, Feed, LoopbackServer, Route};
 use crate::common::{scratch, wit_bin};
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -157,54 +156,6 @@ fn an_interrupted_retry_keeps_the_finished_shard() {
     );
 }
 
-/// Runs `wit` with `stdin` fed from `feed` on a thread, under the same caps as `wit_capped`;
-/// returns (exit status, stderr, peak RSS).
-fn wit_capped_stdin(
-    args: &[&str],
-    feed: impl FnOnce(&mut dyn Write) + Send + 'static,
-) -> (std::process::ExitStatus, String, u64) {
-    let mut cmd = Command::new(wit_bin());
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            for (resource, value) in [(libc::RLIMIT_AS, ADDRESS_SPACE), (libc::RLIMIT_CPU, 120)] {
-                let rl = libc::rlimit {
-                    rlim_cur: value,
-                    rlim_max: value,
-                };
-                if libc::setrlimit(resource, &rl) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || feed(&mut stdin));
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: plain FFI; `rusage` is written by the kernel.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
-    let _ = writer.join();
-    (
-        std::process::ExitStatus::from_raw(status),
-        reader.join().unwrap(),
-        usage.ru_maxrss as u64 * 1024,
-    )
-}
-
 /// Item 11: a list read from a pipe (`/dev/stdin`), with a 1 GiB line and a line that is not
 /// UTF-8, gives one status row per line, in order, in bounded memory.
 #[test]
@@ -221,7 +172,7 @@ fn a_piped_list_with_a_huge_line_and_bad_bytes_gives_one_row_per_line() {
         out.to_str().unwrap(),
         &["--input-format", "txt", "--timeout", "5"],
     );
-    let (status, stderr, rss) = wit_capped_stdin(&args, move |w| {
+    let feed: Feed = Box::new(move |w| {
         let _ = writeln!(w, "{a}");
         let chunk = vec![b'x'; 1 << 20];
         for _ in 0..1024 {
@@ -232,8 +183,8 @@ fn a_piped_list_with_a_huge_line_and_bad_bytes_gives_one_row_per_line() {
         let _ = w.write_all(b"\nhttp://127.0.0.1/\xff\xfe.png\n");
         let _ = writeln!(w, "{b}");
     });
-    assert!(status.success(), "wit failed ({status:?}):\n{stderr}");
-    assert!(rss <= MAX_RSS, "peak RSS {} MB", rss >> 20);
+    let run = wit_capped_fed(&args, ADDRESS_SPACE, 120, Some(feed));
+    run.assert_bounded(MAX_RSS, Duration::from_secs(120));
     let rows = outcomes(&out);
     assert_eq!(rows.len(), 4, "{rows:?}");
     assert_eq!(

@@ -121,7 +121,7 @@ where
             let mut shown = format!("{value:?}");
             if shown.len() > 4000 {
                 shown.truncate(shown.floor_char_boundary(4000));
-                shown.push_str("…");
+                shown.push('…');
             }
             format!("{why}\nminimal input: {shown}")
         }

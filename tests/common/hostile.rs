@@ -128,7 +128,10 @@ fn serve(
     let line = String::from_utf8_lossy(&head);
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
     *hits.lock().unwrap().entry(path.clone()).or_default() += 1;
-    let route = routes.get(&path).cloned().unwrap_or_else(|| Route::status(404));
+    let route = routes
+        .get(&path)
+        .cloned()
+        .unwrap_or_else(|| Route::status(404));
     let mut out = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", route.status);
     for (k, v) in &route.headers {
         out.push_str(&format!("{k}: {v}\r\n"));
@@ -137,7 +140,10 @@ fn serve(
     if conn.write_all(out.as_bytes()).is_err() {
         return;
     }
-    let sent = route.stall_after.unwrap_or(route.body.len()).min(route.body.len());
+    let sent = route
+        .stall_after
+        .unwrap_or(route.body.len())
+        .min(route.body.len());
     if conn.write_all(&route.body[..sent]).is_err() {
         return;
     }
@@ -189,10 +195,27 @@ impl CappedRun {
 /// output, peak RSS and wall time. An allocation past the cap fails inside wit, so a run that
 /// would balloon aborts instead of passing.
 pub fn wit_capped(args: &[&str], address_space: u64, cpu_seconds: u64) -> CappedRun {
+    wit_capped_fed(args, address_space, cpu_seconds, None)
+}
+
+/// What a test writes to wit's standard input, on its own thread, while wit runs.
+pub type Feed = Box<dyn FnOnce(&mut dyn Write) + Send>;
+
+/// [`wit_capped`] with standard input fed by `feed` (a list on `/dev/stdin`, say).
+pub fn wit_capped_fed(
+    args: &[&str],
+    address_space: u64,
+    cpu_seconds: u64,
+    feed: Option<Feed>,
+) -> CappedRun {
     let mut cmd = Command::new(super::wit_bin());
     cmd.args(args)
         .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
+        .stdin(if feed.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
@@ -224,12 +247,20 @@ pub fn wit_capped(args: &[&str], address_space: u64, cpu_seconds: u64) -> Capped
     };
     let stdout = drain(Box::new(child.stdout.take().unwrap()));
     let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let writer = feed.map(|feed| {
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::spawn(move || feed(&mut stdin))
+    });
     let mut status = 0;
     // SAFETY: plain FFI; `rusage` is written by the kernel.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(waited, pid, "wait4 on wit");
     let wall = started.elapsed();
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
+    // Reaped by `wait4` above; the handle only remains to be dropped.
     drop(child);
     use std::os::unix::process::ExitStatusExt;
     CappedRun {
