@@ -682,7 +682,9 @@ fn candidate<'a>(url: &'a str, descriptors: &str) -> Candidate<'a> {
         density: 1.0,
     };
     for d in descriptors.split_whitespace() {
-        let (num, unit) = d.split_at(d.len().saturating_sub(1));
+        // Split before the last character, which may be any character in hostile markup.
+        let last = d.char_indices().last().map_or(0, |(i, _)| i);
+        let (num, unit) = d.split_at(last);
         match (unit, num.parse::<f64>()) {
             ("w", Ok(w)) if w > 0.0 => c.width = Some(w),
             ("x", Ok(x)) if x > 0.0 => c.density = x,
@@ -794,6 +796,14 @@ mod tests {
         assert_eq!(urls, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]);
         assert_eq!(c[1].width, Some(640.0));
         assert_eq!(c[3].density, 2.0);
+    }
+
+    #[test]
+    fn a_descriptor_ending_in_a_multibyte_character_is_ignored_not_a_panic() {
+        // Found by the fuzz campaign (html, seed 1003): `split_at(len - 1)` cut inside `¡`.
+        let c = parse_srcset("\0\u{b}\u{a1} a.jpg 640\u{20ac}, b.jpg 2\u{1F600}");
+        assert_eq!(c.len(), 2);
+        assert!(c.iter().all(|c| c.width.is_none() && c.density == 1.0));
     }
 
     #[test]
