@@ -114,21 +114,17 @@ impl DelimitedRows {
     }
 
     fn fields(&self, count: usize) -> Record {
-        let Some(&end) = self.ends[..count].last() else {
-            return Record::Fields(Vec::new());
-        };
-        let Ok(text) = std::str::from_utf8(&self.out[..end]) else {
-            return Record::NotUtf8;
-        };
+        // Each field on its own: the fields are stored back to back, so bytes that are valid
+        // UTF-8 together (`c2` | `80`) can still split a character between two fields.
         let mut start = 0;
-        let fields = self.ends[..count]
-            .iter()
-            .map(|&end| {
-                let field = &text[start..end];
-                start = end;
-                (!field.is_empty()).then(|| field.to_string())
-            })
-            .collect();
+        let mut fields = Vec::with_capacity(count);
+        for &end in &self.ends[..count] {
+            let Ok(field) = std::str::from_utf8(&self.out[start..end]) else {
+                return Record::NotUtf8;
+            };
+            start = end;
+            fields.push((!field.is_empty()).then(|| field.to_string()));
+        }
         Record::Fields(fields)
     }
 }
