@@ -7,7 +7,7 @@
 #                                 bench/gpu.sh alternates with the new one: WIT_BASE)
 #
 # Builds `wit` and the trainer's test binaries with `--features cuda` (CUDA 13 from
-# ../shared/tools/cuda-build-env.sh, CUDA_COMPUTE_CAP=90 for the H100/H200; ~20 minutes cold on
+# scripts/cuda-build-env.sh, CUDA_COMPUTE_CAP=90 for the H100/H200; ~20 minutes cold on
 # 2 cores, into /work/target-cuda or $CARGO_TARGET_DIR), strips and packs them (`.gpu/bins.tar.xz`,
 # ~27 MB: the device tool carries at most 64 MiB), copies gpu-ldpath.sh, downloads open_clip_torch
 # and the two packages the GPU image lacks (ftfy, wcwidth) as wheels into `.whl`, and writes
@@ -16,7 +16,7 @@
 # git-ignored through .git/info/exclude.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TOOLS=${TOOLS:-../shared/tools}
+TOOLS=${TOOLS:-scripts}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-cuda} CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 eval "$(bash "$TOOLS/cuda-build-env.sh")"
 cargo build --release --features cuda --bin wit

@@ -1,5 +1,5 @@
 //! With the `cuda` feature, compiles `src/kernels.cu` to PTX for `cuda.rs` to embed. nvcc comes
-//! from `NVCC`, `$CUDA_HOME/bin`, or `PATH` (`../shared/tools/cuda-build-env.sh` sets it up); the
+//! from `NVCC`, `$CUDA_HOME/bin`, or `PATH` (`scripts/cuda-build-env.sh` sets it up); the
 //! PTX targets `compute_$CUDA_COMPUTE_CAP` (default 80), which the driver compiles for newer GPUs.
 use std::{env, path::PathBuf, process::Command};
 
@@ -21,6 +21,6 @@ fn main() {
         .args(["--ptx", "-O3", &format!("-arch=compute_{cap}"), "src/kernels.cu", "-o"])
         .arg(&out)
         .status()
-        .unwrap_or_else(|e| panic!("cannot run {nvcc} ({e}): the cuda feature needs nvcc; set NVCC or CUDA_HOME, or source ../shared/tools/cuda-build-env.sh"));
+        .unwrap_or_else(|e| panic!("cannot run {nvcc} ({e}): the cuda feature needs nvcc; set NVCC or CUDA_HOME, or source scripts/cuda-build-env.sh"));
     assert!(status.success(), "{nvcc} failed to compile src/kernels.cu");
 }
