@@ -1,6 +1,6 @@
 //! `wit download` end to end: the real binary against the embedded test web on 127.0.0.1.
 
-use crate::common::{scratch, wit, wit_bin, wit_ok};
+use crate::common::{scratch, status_rows, wit, wit_bin, wit_ok};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,14 +39,6 @@ fn download_args<'a>(list: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a 
     ];
     args.extend_from_slice(extra);
     args
-}
-
-/// Every shard parquet's rows, in shard order.
-fn metadata(out: &Path) -> Vec<wit_shards::MetadataRow> {
-    shard_files(out, "parquet")
-        .into_values()
-        .flat_map(|p| wit_shards::read_metadata(&p).unwrap())
-        .collect()
 }
 
 fn shard_files(out: &Path, ext: &str) -> BTreeMap<String, PathBuf> {
@@ -114,7 +106,7 @@ fn every_status_matches_the_manifest_and_no_guard_is_crossed() {
     };
     assert!(status.success(), "wit download failed: {status:?}");
 
-    let rows = metadata(&out);
+    let rows = status_rows(&out);
     assert_eq!(
         rows.len(),
         web.manifest().len(),
@@ -272,7 +264,7 @@ fn retry_failed_refetches_only_failed_rows() {
         retried_s,
         &[sps[0], sps[1], "--max-body-bytes", "12000"],
     ));
-    let first = metadata(&retried);
+    let first = status_rows(&retried);
     let too_big = first
         .iter()
         .filter(|r| {
@@ -345,7 +337,11 @@ fn peak_rss_kib(web: &TestWeb, dir: &Path, rows: usize) -> u64 {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(metadata(&out).len(), rows, "one status row per input row");
+    assert_eq!(
+        status_rows(&out).len(),
+        rows,
+        "one status row per input row"
+    );
     peak
 }
 
@@ -405,7 +401,7 @@ fn caption_filter_drops_boilerplate_rows_without_fetching_them() {
         "a boilerplate row was fetched although its caption fails the filter"
     );
 
-    let got = metadata(&out);
+    let got = status_rows(&out);
     assert_eq!(got.len(), manifest.len(), "one status row per input row");
     for (row, m) in got.iter().zip(manifest) {
         assert_eq!(
@@ -471,7 +467,7 @@ fn dedup_and_repeat_cap_are_decided_in_row_order_and_survive_kills() {
         exact.to_str().unwrap(),
         &flags("exact"),
     ));
-    let rows = metadata(&exact);
+    let rows = status_rows(&exact);
     assert_eq!(rows.len(), count);
     for (n, row) in rows.iter().enumerate() {
         if n >= cap {
@@ -541,7 +537,7 @@ fn malformed_input_lines_become_failed_rows_and_the_run_goes_on() {
         out.to_str().unwrap(),
         &[],
     ));
-    let got = metadata(&out);
+    let got = status_rows(&out);
     assert_eq!(got.len(), lines.len(), "one status row per input line");
     for (i, row) in got.iter().enumerate() {
         let line = i + 1;

@@ -5,11 +5,10 @@
 
 use std::collections::HashMap;
 use std::io::Cursor;
-use std::path::Path;
 use std::time::Duration;
 
 use crate::common::hostile::{wit_capped, LoopbackServer, Route};
-use crate::common::scratch;
+use crate::common::{scratch, status_rows};
 use wit_shards::{MetadataRow, Status};
 
 /// The address-space cap: room for the runtime's thread stacks and allocator arenas, far below
@@ -56,7 +55,7 @@ fn download(files: &[(&str, Vec<u8>)], extra: &[&str]) -> HashMap<String, Metada
         run.wall
     );
     run.assert_bounded(MAX_RSS, MAX_WALL);
-    let rows = metadata(&out);
+    let rows = status_rows(&out);
     assert_eq!(rows.len(), files.len(), "one row per URL: {rows:#?}");
     let by_path: HashMap<String, MetadataRow> = rows
         .into_iter()
@@ -64,19 +63,6 @@ fn download(files: &[(&str, Vec<u8>)], extra: &[&str]) -> HashMap<String, Metada
         .collect();
     assert_eq!(by_path.len(), files.len(), "each URL exactly once");
     by_path
-}
-
-fn metadata(out: &Path) -> Vec<MetadataRow> {
-    let mut parquets: Vec<_> = std::fs::read_dir(out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .collect();
-    parquets.sort();
-    parquets
-        .iter()
-        .flat_map(|p| wit_shards::read_metadata(p).unwrap())
-        .collect()
 }
 
 fn assert_success(row: &MetadataRow, size: (u32, u32), original_format: &str) {

@@ -5,7 +5,7 @@
 //! internal addresses, redirects are checked).
 
 use crate::common::hostile::{wit_capped, LoopbackServer, Route};
-use crate::common::{scratch, wit};
+use crate::common::{scratch, status_rows, wit};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -61,20 +61,6 @@ fn download_args(list: &str, out: &str, extra: &[&str]) -> Vec<String> {
     args
 }
 
-/// Every status row of a download, in input order.
-fn rows(out: &Path) -> Vec<MetadataRow> {
-    let mut parquets: Vec<_> = std::fs::read_dir(out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .collect();
-    parquets.sort();
-    parquets
-        .iter()
-        .flat_map(|p| wit_shards::read_metadata(p).unwrap())
-        .collect()
-}
-
 fn download(urls: &[String], extra: &[&str]) -> (Vec<MetadataRow>, tempfile::TempDir) {
     let dir = scratch();
     let list = url_list(dir.path(), urls);
@@ -89,7 +75,7 @@ fn download(urls: &[String], extra: &[&str]) -> (Vec<MetadataRow>, tempfile::Tem
         run.peak_rss_bytes >> 20,
         run.wall
     );
-    let got = rows(&out);
+    let got = status_rows(&out);
     assert_eq!(got.len(), urls.len(), "one status row per input row");
     (got, dir)
 }

@@ -86,3 +86,17 @@ pub fn start_testweb(seed: u64, pages: usize, faults: bool) -> webimagetext::tes
 /// turn a finished, passing script into a crash. An exception still exits non-zero.
 const PYTHON_EXIT: &str =
     "\nimport os as _os, sys as _sys\n_sys.stdout.flush()\n_sys.stderr.flush()\n_os._exit(0)\n";
+
+/// Every status row a download wrote to `out`, shard by shard in shard order.
+pub fn status_rows(out: &Path) -> Vec<wit_shards::MetadataRow> {
+    let mut parquets: Vec<PathBuf> = std::fs::read_dir(out)
+        .expect("output folder")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    parquets.sort();
+    parquets
+        .iter()
+        .flat_map(|p| wit_shards::read_metadata(p).unwrap())
+        .collect()
+}
